@@ -1,0 +1,158 @@
+"""A notebook's run: seeding, its run directory and report directory, artifacts passed down the chain, metrics.
+
+Every tutorial starts with ``run = start_run(NOTEBOOK, profile=..., seed=..., run_dir=..., report_dir=...)``
+and ends with ``run.finish()``. Checkpoints and caches go under ``run_dir`` (default ``runs/<profile>/``,
+gitignored); the report directory receives only ``metrics.json`` and figures. Artifacts that a later
+notebook needs (a model folder, a dataset file) are registered by name in ``run_dir/artifacts.json``.
+
+``metrics.json`` conventions: keys for wall time end in ``_s`` (and ``seconds``, the notebook's own total);
+performance figures start with ``perf_``; every other key is a result that a re-run with the same seed
+reproduces exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from alignkit.profiles import resolve_profile
+
+ARTIFACTS_FILE = "artifacts.json"
+METRICS_FILE = "metrics.json"
+
+
+def is_result_key(key: str) -> bool:
+    """True for a metric that must be reproducible: not wall time (``*_s``, ``seconds``), not ``perf_*``."""
+    return not (key.endswith("_s") or key == "seconds" or key.startswith("perf_"))
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's, NumPy's and torch's global generators."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def project_root(start: Path | None = None) -> Path:
+    """The nearest folder at or above ``start`` (default: the working directory) holding alignkit's
+    ``pyproject.toml``; the working directory itself when there is none (an installed package)."""
+    start = (start or Path.cwd()).resolve()
+    for folder in (start, *start.parents):
+        pyproject = folder / "pyproject.toml"
+        if pyproject.is_file() and 'name = "alignkit"' in pyproject.read_text():
+            return folder
+    return start
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, default=_to_builtin) + "\n")
+    os.replace(tmp, path)
+
+
+def _to_builtin(value: Any) -> Any:
+    if isinstance(value, (np.generic, torch.Tensor)):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"metrics must be JSON values, numbers, tensors or paths, got {type(value).__name__}")
+
+
+def read_artifacts(run_dir: str | Path) -> dict[str, dict[str, str]]:
+    """The artifact registry of a run directory: ``{name: {"path": ..., "producer": notebook}}``."""
+    path = Path(run_dir) / ARTIFACTS_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+@dataclass
+class Run:
+    """One notebook's run. Create it with :func:`start_run`."""
+
+    notebook: str
+    profile: str
+    seed: int
+    run_dir: Path
+    report_dir: Path
+    metrics: dict[str, Any] = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
+
+    @property
+    def artifact_dir(self) -> Path:
+        """Where this notebook writes checkpoints and caches: ``run_dir/<notebook>/``."""
+        path = self.run_dir / self.notebook
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def log(self, **metrics: Any) -> None:
+        """Record metrics for ``metrics.json`` (see the module docstring for the key conventions)."""
+        self.metrics.update(metrics)
+
+    def save_figure(self, figure, name: str) -> Path:
+        """Save a matplotlib figure as ``<report_dir>/<name>.png`` (the notebook still shows it inline)."""
+        path = self.report_dir / f"{name}.png"
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+        return path
+
+    def register_artifact(self, name: str, path: str | Path) -> None:
+        """Publish ``path`` under ``name`` for the notebooks after this one (the chain passes it on)."""
+        registry = read_artifacts(self.run_dir)
+        registry[name] = {"path": str(Path(path).resolve()), "producer": self.notebook}
+        write_json_atomic(self.run_dir / ARTIFACTS_FILE, registry)
+
+    def artifact(self, name: str, value: str | Path | None, *, producer: str,
+                 smoke_stand_in: Callable[[], Path] | None = None) -> Path:
+        """Locate an upstream artifact: the notebook parameter ``value`` if set, else the registry.
+
+        When it is missing, the ``smoke`` profile builds a tiny stand-in (so each notebook also runs alone);
+        other profiles raise an error naming the artifact and the notebook that makes it.
+        """
+        if value is not None:
+            path = Path(value)
+        elif name in (registry := read_artifacts(self.run_dir)):
+            path = Path(registry[name]["path"])
+        else:
+            path = None
+        if path is not None and path.exists():
+            return path
+        if self.profile == "smoke" and smoke_stand_in is not None:
+            return smoke_stand_in()
+        where = f"'{path}' does not exist" if path is not None else f"it is not in {self.run_dir / ARTIFACTS_FILE}"
+        raise FileNotFoundError(
+            f"artifact '{name}' is missing ({where}); it is made by {producer}.ipynb: run "
+            f"`alignkit run --profile {self.profile} --only {producer.split('_')[0]}` first, or pass {name}=PATH"
+        )
+
+    def finish(self) -> dict[str, Any]:
+        """Add the total wall time as ``seconds`` and write ``<report_dir>/metrics.json``; returns the metrics."""
+        self.metrics["seconds"] = round(time.perf_counter() - self.started, 2)
+        write_json_atomic(self.report_dir / METRICS_FILE, self.metrics)
+        return self.metrics
+
+
+def start_run(notebook: str, *, profile: str | None, seed: int, run_dir: str | Path | None = None,
+              report_dir: str | Path | None = None) -> Run:
+    """Resolve the profile, seed every generator and create the run's folders.
+
+    ``run_dir`` defaults to ``<project>/runs/<profile>``; ``report_dir`` to ``run_dir/<notebook>/report``
+    (the chain passes ``reports/<profile>/<notebook>`` instead).
+    """
+    profile = resolve_profile(profile)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
+    run_path = Path(run_dir) if run_dir is not None else project_root() / "runs" / profile
+    report_path = Path(report_dir) if report_dir is not None else run_path / notebook / "report"
+    run_path.mkdir(parents=True, exist_ok=True)
+    report_path.mkdir(parents=True, exist_ok=True)
+    seed_everything(seed)
+    return Run(notebook=notebook, profile=profile, seed=seed, run_dir=run_path.resolve(),
+               report_dir=report_path.resolve())
