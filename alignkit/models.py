@@ -240,7 +240,13 @@ def load_model(name: str, *, dtype: torch.dtype = torch.float32, seed: int = 0
     if tokenizer.chat_template is None:
         raise ValueError(f"the tokenizer of '{name}' has no chat template; alignkit formats every prompt with "
                          f"one: pick an instruction-tuned model or set tokenizer.chat_template")
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    bars_were_on = transformers.utils.logging.is_progress_bar_enabled()
+    transformers.utils.logging.disable_progress_bar()  # loading a local folder takes a second: no bar needed
+    try:
+        model = AutoModelForCausalLM.from_pretrained(folder, dtype=dtype)
+    finally:
+        if bars_were_on:
+            transformers.utils.logging.enable_progress_bar()
     model.eval()
     return model, tokenizer
 
