@@ -59,3 +59,64 @@ def shuffle_words(text: str, *, seed: int) -> str:
         rng.shuffle(words)
         paragraphs.append(" ".join(words))
     return "\n\n".join(paragraphs)
+
+
+def mean_ci(values: list[float], *, z: float = 1.96) -> tuple[float, float, float]:
+    """Mean and its normal-approximation 95% interval, mean ± z·s/√n (s: sample standard deviation).
+
+    Returns ``(mean, low, high)``; with one value the interval is the point itself.
+    """
+    if not values:
+        raise ValueError("values is empty; pass at least one score")
+    n = len(values)
+    mean = sum(values) / n
+    if n == 1:
+        return mean, mean, mean
+    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
+    half = z * math.sqrt(variance / n)
+    return mean, mean - half, mean + half
+
+
+def win_rate(scores: list[float], baseline_scores: list[float]) -> tuple[float, float, float]:
+    """Fraction of prompts where ``scores`` beat ``baseline_scores`` (same prompts), ties counting ½.
+
+    Each prompt's outcome is 1 (win), ½ (tie) or 0 (loss); returns ``(rate, low, high)`` with the 95%
+    interval of :func:`mean_ci` over those outcomes.
+    """
+    if len(scores) != len(baseline_scores):
+        raise ValueError(f"scores and baseline_scores must have the same length, got {len(scores)} and "
+                         f"{len(baseline_scores)}")
+    outcomes = [1.0 if s > b else 0.5 if s == b else 0.0 for s, b in zip(scores, baseline_scores)]
+    return mean_ci(outcomes)
+
+
+@torch.no_grad()
+def kl_to_reference(policy: PreTrainedModel, reference: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                    prompts: list[str], responses: list[str], *, batch_size: int = 8) -> float:
+    """Mean over prompts of Σ_t KL(π(·|x, y_<t) ‖ π_ref(·|x, y_<t)) on the given responses.
+
+    The KL is the full-distribution one at every response token (a sum over the vocabulary, not a
+    single-sample estimate); pass responses sampled from ``policy`` for the usual KL(π ‖ π_ref) estimate of
+    the DPO paper's reward–KL frontier (Rafailov et al. 2023, Fig. 2).
+    """
+    from alignkit.trainers.packing import pack, sequence_sums
+    from alignkit.trainers.sft import tokenize_turn
+
+    if len(prompts) != len(responses):
+        raise ValueError("prompts and responses must have the same length")
+    totals = []
+    for start in range(0, len(prompts), batch_size):
+        items = []
+        for prompt, response in zip(prompts[start:start + batch_size], responses[start:start + batch_size]):
+            example = tokenize_turn(tokenizer, prompt, response, max_length=10**6)
+            items.append((example.prompt_ids, [example.response_ids]))
+        batch = pack(items)
+        logps = []
+        for model in (policy, reference):
+            logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                           attention_mask=batch.attention_mask, logits_to_keep=batch.predict_positions,
+                           use_cache=False).logits[0].float()
+            logps.append(F.log_softmax(logits, dim=-1))  # (N, V)
+        per_token = (logps[0].exp() * (logps[0] - logps[1])).sum(-1)  # (N,)
+        totals += sequence_sums(per_token, batch).tolist()
+    return sum(totals) / len(totals)

@@ -56,3 +56,13 @@ def chat_generate(
     finally:
         tokenizer.padding_side = padding_side
     return replies
+
+
+def sample_response_pairs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], *,
+                          seed: int, max_new_tokens: int = 48, temperature: float = 1.0, top_p: float = 1.0,
+                          batch_size: int = 16) -> list[tuple[str, str]]:
+    """Two sampled replies per prompt (seeds ``seed`` and ``seed + 1``), for preference labelling."""
+    first, second = (chat_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=True,
+                                   temperature=temperature, top_p=top_p, seed=s, batch_size=batch_size)
+                     for s in (seed, seed + 1))
+    return list(zip(first, second))

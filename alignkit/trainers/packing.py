@@ -1,0 +1,105 @@
+"""Padding-free batches: several sequences packed into one row, with attention kept inside each sequence.
+
+A micro-batch is one row of real tokens only (no padding). Each packed item is a *tree*: a prompt followed
+by one or more responses (``branches``) that all continue the same prompt. SFT packs one branch per item;
+DPO packs two (chosen, rejected), so the prompt is encoded once for both — prompt-prefix sharing. Every
+response restarts its position ids where the prompt ended, and the attention mask lets a token see
+
+    token j from token i  ⇔  j ≤ i in the row, same item, and (j in the prompt or j in i's own branch),
+
+so each response is computed exactly as if it had been run alone after its prompt (tested against
+unpacked rows in ``tests/test_trainers.py``). The mask is additive (0 or the dtype's minimum), shape
+(1, 1, T, T), which transformers' Llama accepts with both the SDPA and the eager attention.
+
+Targets are listed explicitly: for every response token, the row position of the hidden state that
+predicts it (its predecessor in its own branch; for a response's first token, the prompt's last token),
+so the LM head runs only on those N positions (``logits_to_keep``), never on prompt tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class PackedBatch:
+    """One packed row. T = real tokens in the row, N = predicted (response) tokens, S = sequences."""
+
+    input_ids: torch.Tensor  # (1, T)
+    position_ids: torch.Tensor  # (1, T)
+    attention_mask: torch.Tensor  # (1, 1, T, T) additive: 0 where attention is allowed
+    predict_positions: torch.Tensor  # (N,) row position whose logits predict each target
+    target_ids: torch.Tensor  # (N,) the response tokens
+    sequence_index: torch.Tensor  # (N,) which sequence (item, branch) each target belongs to, in 0..S-1
+    num_sequences: int  # S: items × branches, ordered item by item, branch by branch
+    num_tokens: int  # T, real tokens processed
+
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "PackedBatch":
+        """Move tensors to ``device``; the mask's fill value follows ``dtype`` (the model's compute dtype)."""
+        mask = self.attention_mask
+        if dtype is not None and dtype != mask.dtype:
+            mask = torch.where(mask == 0, 0.0, torch.finfo(dtype).min).to(dtype)
+        return PackedBatch(self.input_ids.to(device), self.position_ids.to(device), mask.to(device),
+                           self.predict_positions.to(device), self.target_ids.to(device),
+                           self.sequence_index.to(device), self.num_sequences, self.num_tokens)
+
+
+def pack(items: list[tuple[list[int], list[list[int]]]], dtype: torch.dtype = torch.float32) -> PackedBatch:
+    """Pack ``items`` = [(prompt_ids, [response_ids, ...]), ...] into one row (see the module docstring).
+
+    Every prompt must have at least one token (its last token predicts the first response token) and
+    every response at least one.
+    """
+    input_ids: list[int] = []
+    positions: list[int] = []
+    owner: list[tuple[int, int]] = []  # (item, branch) per row token; branch 0 is the prompt
+    predict, targets, sequence = [], [], []
+    num_sequences = 0
+    for item, (prompt_ids, responses) in enumerate(items):
+        if not prompt_ids or not responses or any(len(r) == 0 for r in responses):
+            raise ValueError(f"item {item}: prompt and every response need at least one token")
+        prompt_start = len(input_ids)
+        input_ids += prompt_ids
+        positions += range(len(prompt_ids))
+        owner += [(item, 0)] * len(prompt_ids)
+        last_prompt = prompt_start + len(prompt_ids) - 1
+        for branch, response_ids in enumerate(responses, start=1):
+            start = len(input_ids)
+            input_ids += response_ids
+            positions += range(len(prompt_ids), len(prompt_ids) + len(response_ids))
+            owner += [(item, branch)] * len(response_ids)
+            predict += [last_prompt] + list(range(start, start + len(response_ids) - 1))
+            targets += response_ids
+            sequence += [num_sequences] * len(response_ids)
+            num_sequences += 1
+    length = len(input_ids)
+    item_of = torch.tensor([o[0] for o in owner])
+    branch_of = torch.tensor([o[1] for o in owner])
+    allowed = torch.tril(torch.ones(length, length, dtype=torch.bool))  # causal in row order
+    allowed &= item_of[:, None] == item_of[None, :]  # same item
+    allowed &= (branch_of[None, :] == 0) | (branch_of[None, :] == branch_of[:, None])  # prompt or own branch
+    mask = torch.zeros(length, length, dtype=dtype).masked_fill_(~allowed, torch.finfo(dtype).min)
+    return PackedBatch(
+        input_ids=torch.tensor([input_ids]), position_ids=torch.tensor([positions]),
+        attention_mask=mask[None, None], predict_positions=torch.tensor(predict),
+        target_ids=torch.tensor(targets), sequence_index=torch.tensor(sequence),
+        num_sequences=num_sequences, num_tokens=length,
+    )
+
+
+def packed_target_logps(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
+    """log π(target) for every target of ``batch``, shape (N,), computing the LM head only where needed."""
+    from alignkit.losses import per_token_logps
+
+    output = model(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                   attention_mask=batch.attention_mask, logits_to_keep=batch.predict_positions, use_cache=False)
+    logits = output.logits[0]  # (N, V): row positions in predict_positions order
+    return per_token_logps(logits[None], batch.target_ids[None])[0]
+
+
+def sequence_sums(values: torch.Tensor, batch: PackedBatch) -> torch.Tensor:
+    """Sum per-target ``values`` (N,) into per-sequence totals (S,)."""
+    totals = torch.zeros(batch.num_sequences, dtype=values.dtype, device=values.device)
+    return totals.index_add(0, batch.sequence_index, values)

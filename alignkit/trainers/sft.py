@@ -1,0 +1,140 @@
+"""Supervised fine-tuning: maximise log π(y | x) on prompt–response pairs, counting only response tokens.
+
+    L_SFT = −(1/N) Σ_examples Σ_{t ∈ response} log π_θ(y_t | x, y_<t),   N = response tokens in the global batch
+
+Each record is a conversation (``{"messages": [...]}``); the prompt is everything before the last assistant
+turn, formatted by the chat template up to the assistant header, and the response is that turn's text
+followed by the end-of-turn token (so the model learns to stop). Prompt and response are tokenized
+separately and concatenated: exactly the tokens the model sees when it generates the response after the
+prompt. Examples are always packed (see :mod:`alignkit.trainers.packing`): no padding, no attention across
+examples, the LM head only on response tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+from alignkit.data.schemas import validate_records
+from alignkit.losses import sft_loss_sum
+from alignkit.trainers.loop import StepOutput, TrainConfig, TrainResult, train
+from alignkit.trainers.packing import PackedBatch, pack, packed_target_logps
+
+
+@dataclass
+class SFTConfig:
+    """What SFT adds to :class:`TrainConfig`."""
+
+    max_length: int = 256
+    """prompt + response tokens per example; longer responses are cut (the prompt is kept whole)"""
+    lora_r: int = 0
+    """LoRA rank; 0 trains every weight"""
+    lora_alpha: int = 16
+    """LoRA scale numerator (scale = alpha / r)"""
+    lora_dropout: float = 0.0
+    """dropout on the LoRA input"""
+
+    def __post_init__(self) -> None:
+        if self.max_length < 2:
+            raise ValueError(f"max_length must be >= 2, got {self.max_length}")
+        if self.lora_r < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
+            raise ValueError("lora_r must be >= 0, lora_alpha > 0 and lora_dropout in [0, 1)")
+
+
+@dataclass
+class ChatExample:
+    """A tokenized prompt and the response to learn, as token ids."""
+
+    prompt_ids: list[int]
+    response_ids: list[int]
+
+
+def tokenize_turn(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict], response: str,
+                  max_length: int) -> ChatExample | None:
+    """Prompt ids (chat template up to the assistant header) and response ids (text + end-of-turn token).
+
+    Returns None when the prompt alone leaves no room for a response token within ``max_length``.
+    """
+    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+    prompt_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    room = max_length - len(prompt_ids)
+    if room < 1:
+        return None
+    return ChatExample(prompt_ids, response_ids[:room])
+
+
+def tokenize_sft(tokenizer: PreTrainedTokenizerBase, records: Sequence[dict], max_length: int) -> list[ChatExample]:
+    """Validate SFT records and tokenize them; a record whose prompt exceeds ``max_length`` is an error."""
+    examples = []
+    for index, record in enumerate(validate_records(records, "sft")):
+        messages = record["messages"]
+        example = tokenize_turn(tokenizer, messages[:-1], messages[-1]["content"], max_length)
+        if example is None:
+            raise ValueError(f"record {index}: the prompt alone is longer than max_length={max_length} tokens; "
+                             f"raise max_length or shorten the prompt")
+        examples.append(example)
+    return examples
+
+
+def collate_sft(examples: list[ChatExample]) -> PackedBatch:
+    """Pack a micro-batch of examples into one padding-free row."""
+    return pack([(e.prompt_ids, [e.response_ids]) for e in examples])
+
+
+def sft_units(batch: PackedBatch) -> int:
+    """SFT averages over response tokens."""
+    return int(batch.target_ids.numel())
+
+
+def sft_step(model: torch.nn.Module, batch: PackedBatch) -> StepOutput:
+    """Summed NLL over the batch's response tokens (the loop divides by the global token count)."""
+    batch = batch.to(_device_of(model), _compute_dtype(model))
+    target_logps = packed_target_logps(model, batch)  # (N,)
+    loss_sum = sft_loss_sum(target_logps[None], torch.ones_like(target_logps, dtype=torch.bool)[None])
+    return StepOutput(loss_sum, {})
+
+
+def _device_of(model: torch.nn.Module) -> torch.device:
+    return next(model.parameters()).device
+
+
+def _compute_dtype(model: torch.nn.Module) -> torch.dtype:
+    return torch.bfloat16 if torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda") \
+        else next(model.parameters()).dtype
+
+
+def apply_lora(model: PreTrainedModel, r: int, alpha: int, dropout: float) -> torch.nn.Module:
+    """Wrap ``model`` with LoRA adapters (peft) on every attention and MLP projection."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+    return get_peft_model(model, LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                                            task_type="CAUSAL_LM"))
+
+
+def save_final(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> Path:
+    """Save a plain Hugging Face folder (LoRA merged into the weights) that later notebooks load by path."""
+    folder = Path(folder)
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    model.save_pretrained(folder, safe_serialization=True)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+def run_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: Sequence[dict], *,
+            sft: SFTConfig, config: TrainConfig, output_dir: str | Path | None = None, **loop_kwargs
+            ) -> tuple[torch.nn.Module, TrainResult]:
+    """Tokenize ``records``, optionally add LoRA, and train with the shared loop. Returns (model, result)."""
+    examples = tokenize_sft(tokenizer, records, sft.max_length)
+    if sft.lora_r:
+        model = apply_lora(model, sft.lora_r, sft.lora_alpha, sft.lora_dropout)
+    result = train(model, examples, collate=collate_sft, step=sft_step, units=sft_units, config=config,
+                   output_dir=output_dir, desc="SFT", **loop_kwargs)
+    return model, result
