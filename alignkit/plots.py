@@ -41,3 +41,50 @@ def perplexity_comparison(labels: list[str], original: list[float], shuffled: li
     axis.legend(fontsize=8, loc="upper left")
     figure.tight_layout()
     return figure
+
+
+def training_curves(histories: dict[str, list[dict]], keys: list[str], *, title: str = "Training") -> Figure:
+    """One panel per metric key, one line per run: the per-step values the shared loop logged."""
+    figure, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
+    for axis, key in zip(axes[0], keys):
+        for label, history in histories.items():
+            axis.plot([h["step"] for h in history], [h[key] for h in history], label=label, linewidth=1.4)
+        axis.set_xlabel("optimizer step")
+        axis.set_title(key)
+        axis.grid(alpha=0.3)
+    if len(histories) > 1:
+        axes[0][-1].legend(fontsize=8)
+    figure.suptitle(title)
+    figure.tight_layout()
+    return figure
+
+
+def interval_bars(labels: list[str], means: list[float], intervals: list[list[float]], *, ylabel: str,
+                  title: str, reference: float | None = None) -> Figure:
+    """Bars with 95% interval whiskers, e.g. the gold score before and after training."""
+    figure, axis = plt.subplots(figsize=(1.6 + 1.3 * len(labels), 3.4))
+    errors = [[m - lo for m, (lo, _) in zip(means, intervals)], [hi - m for m, (_, hi) in zip(means, intervals)]]
+    colors = ["#8C8C8C"] + ["#4C72B0"] * (len(labels) - 1)
+    axis.bar(labels, means, yerr=errors, capsize=6, color=colors)
+    for x, mean in enumerate(means):
+        axis.text(x, mean, f"{mean:.2f}  ", ha="right", va="bottom", fontsize=9)
+    if reference is not None:
+        axis.axhline(reference, color="grey", linestyle="--", linewidth=1)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    figure.tight_layout()
+    return figure
+
+
+def frontier(points: dict[str, tuple[float, float]], *, xlabel: str, ylabel: str, title: str) -> Figure:
+    """Scatter of (x, y) per labelled run, e.g. gold reward against KL to the reference per β."""
+    figure, axis = plt.subplots(figsize=(5.2, 3.8))
+    for label, (x, y) in points.items():
+        axis.scatter([x], [y], s=50)
+        axis.annotate(label, (x, y), textcoords="offset points", xytext=(6, 4), fontsize=9)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    return figure

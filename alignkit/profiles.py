@@ -31,3 +31,38 @@ def resolve_profile(profile: str | None = None) -> str:
 def base_model(profile: str) -> str:
     """The model name notebook 00 resolves in ``profile``."""
     return BASE_MODEL[resolve_profile(profile)]
+
+
+# Each notebook's profile-dependent knobs. A parameters-cell value of None takes the profile's default.
+NOTEBOOK_DEFAULTS: dict[str, dict[str, dict]] = {
+    "01_sft": {
+        "smoke": {"num_train": 24, "num_eval": 8, "num_epochs": 2, "lr": 1e-3, "batch_size": 4, "max_new_tokens": 12},
+        "cpu": {"num_train": 256, "num_eval": 100, "num_epochs": 1, "lr": 5e-5, "batch_size": 8, "max_new_tokens": 40},
+        "gpu": {"num_train": 4096, "num_eval": 500, "num_epochs": 2, "lr": 2e-5, "batch_size": 16,
+                "max_new_tokens": 48},
+    },
+    "05_dpo": {
+        "smoke": {"num_prompts": 24, "num_eval": 8, "num_kl": 4, "num_epochs": 1, "lr": 1e-3, "batch_size": 4,
+                  "max_new_tokens": 12, "betas": [0.1, 0.5],
+                  # a random tiny model's replies all tie under the gold judge: keep ties (in arbitrary
+                  # order) so that the code path runs; cpu and gpu drop them
+                  "min_margin": -1.0},
+        "cpu": {"num_prompts": 160, "num_eval": 64, "num_kl": 24, "num_epochs": 1, "lr": 1e-5, "batch_size": 4,
+                "max_new_tokens": 32, "betas": [0.05, 0.1, 0.5], "min_margin": 0.0},
+        "gpu": {"num_prompts": 4096, "num_eval": 500, "num_kl": 200, "num_epochs": 1, "lr": 5e-7, "batch_size": 16,
+                "max_new_tokens": 128, "betas": [0.01, 0.05, 0.1, 0.5], "min_margin": 0.0},
+    },
+}
+
+
+def notebook_settings(notebook: str, profile: str, **overrides) -> dict:
+    """The profile's defaults for ``notebook``, with every override that is not None applied.
+
+    An override naming no known knob is an error (a misspelt parameter would otherwise pass silently).
+    """
+    defaults = dict(NOTEBOOK_DEFAULTS[notebook][resolve_profile(profile)])
+    unknown = sorted(set(overrides) - set(defaults))
+    if unknown:
+        raise ValueError(f"{notebook} has no knob {unknown}; known: {', '.join(sorted(defaults))}")
+    defaults.update({k: v for k, v in overrides.items() if v is not None})
+    return defaults

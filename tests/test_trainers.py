@@ -216,3 +216,16 @@ def test_win_rate_counts_ties_as_half():
     assert rate == pytest.approx(0.625)
     # outcomes 1, ½, 0, 1: sample sd = sqrt(((3/8)²+(1/8)²+(5/8)²+(3/8)²)/3) = sqrt(0.6875/3) = 0.478714
     assert high - rate == pytest.approx(1.96 * 0.478714 / 2, rel=1e-5) and rate - low == pytest.approx(high - rate)
+
+
+def test_launch_cli_trains_and_saves_a_loadable_model(tmp_path, tiny_dir):
+    from alignkit.trainers import launch
+
+    data = tmp_path / "sft.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in RECORDS) + "\n")
+    assert launch.main(["sft", "--model", str(tiny_dir), "--data", str(data), "--output-dir", str(tmp_path / "out"),
+                        "--lr", "1e-3", "--max-steps", "2", "--batch-size", "4"]) == 0
+    model, _ = models.load_model(str(tmp_path / "out" / "final"))
+    assert (tmp_path / "out" / "checkpoints" / "step-2").is_dir()
+    with pytest.raises(FileNotFoundError, match="--data 'nowhere.jsonl' does not exist"):
+        launch.main(["sft", "--model", str(tiny_dir), "--data", "nowhere.jsonl", "--output-dir", str(tmp_path)])

@@ -138,3 +138,10 @@ def run_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records:
     result = train(model, examples, collate=collate_sft, step=sft_step, units=sft_units, config=config,
                    output_dir=output_dir, desc="SFT", **loop_kwargs)
     return model, result
+
+
+def loss_mask_view(tokenizer: PreTrainedTokenizerBase, example: ChatExample) -> list[tuple[str, bool]]:
+    """Each token of an example as text, with True where it counts in the loss (the response tokens)."""
+    ids = example.prompt_ids + example.response_ids
+    flags = [False] * len(example.prompt_ids) + [True] * len(example.response_ids)
+    return [(tokenizer.decode([token]), flag) for token, flag in zip(ids, flags)]
