@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from alignkit.data import arithmetic_correct, arithmetic_format, gold_reward
+import re
+
+from alignkit.data import arithmetic_correct, gold_reward
 from alignkit.evaluate import mean_ci
+
+# The shape of the taught reply, whatever its numbers: "<int> <op> <int> = <int>", an optional final period.
+EQUATION_SHAPE = re.compile(r"\s*[-−]?\d+\s*[-−+×*]\s*[-−]?\d+\s*=\s*[-−]?\d+\s*\.?\s*")
 
 
 def arithmetic_target(prompt: dict) -> str:
@@ -19,11 +24,12 @@ def sft_records(prompts: list[dict], targets: list[str]) -> list[dict]:
 
 
 def score_arithmetic(prompts: list[dict], replies: list[str]) -> dict[str, float | list[float]]:
-    """Gold reward (correct + 0.5·format) with its 95% interval, accuracy and format rate over the replies."""
+    """Gold reward (correct + 0.5·exact equation) with its 95% interval, the accuracy (correct result), and the
+    format rate: replies shaped as a bare equation, right or wrong (the gold judge's format point also needs
+    the right numbers)."""
     rewards = [gold_reward(p, r) for p, r in zip(prompts, replies)]
     correct = [arithmetic_correct(r, p["meta"]["answer"]) for p, r in zip(prompts, replies)]
-    formatted = [arithmetic_format(r, p["meta"]["a"], p["meta"]["b"], p["meta"]["op"], p["meta"]["answer"])
-                 for p, r in zip(prompts, replies)]
+    formatted = [float(EQUATION_SHAPE.fullmatch(r) is not None) for r in replies]
     mean, low, high = mean_ci(rewards)
     return {"gold": round(mean, 4), "gold_ci": [round(low, 4), round(high, 4)],
             "accuracy": round(sum(correct) / len(correct), 4), "format": round(sum(formatted) / len(formatted), 4)}
