@@ -239,8 +239,8 @@ def worker_arguments(description: str) -> argparse.Namespace:
                         help="instead of benchmarking, profile one side (torch.profiler) and print the top ops")
     parser.add_argument("--no-results", action="store_true", help="do not update bench/RESULTS.md")
     parser.add_argument("--what-if-fused-adamw", action="store_true",
-                        help="also time alignkit once more with torch.optim.AdamW(fused=True) patched in (an experiment "
-                             "for a suggested change to alignkit's loop; reported apart, never in the ratio)")
+                        help="also time alignkit once more with torch.optim.AdamW(fused=True) patched in (an "
+                             "experiment for a suggested change to alignkit's loop; reported apart, not in the ratio)")
     parser.add_argument("--fused-adamw", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.fused_adamw:
@@ -316,6 +316,8 @@ def summarize(results: list[dict[str, Any]], side: str, precision: str) -> dict[
     summary = {key: mean(key) for key in runs[0] if isinstance(runs[0][key], (int, float))
                and not isinstance(runs[0][key], bool)}
     summary["seconds_each"] = [round(r["seconds"], 1) for r in runs]
+    summary["later_steps"] = sorted(t for r in runs for t in r["step_seconds"][1:])  # after each run's first step
+    summary["first_step"] = sum(r["step_seconds"][0] for r in runs) / len(runs)
     summary["others_cpu_share_max"] = max(r["others_cpu_share"] for r in runs)
     for key, value in runs[0].items():
         if not isinstance(value, (int, float)) or isinstance(value, bool):
@@ -330,6 +332,11 @@ def side_line(name: str, summary: dict[str, Any], peak: float, flops: float, rea
         f"tokens/s={real_tokens / seconds:7.1f}", f"peak_rss={summary['peak_rss_mib']:6.0f}MiB",
         f"mfu={flops / seconds / peak:.3f}",
     ]
+    later = summary["later_steps"]
+    timing = f"first step {summary['first_step']:.1f}s, then median {later[len(later) // 2]:.2f}s/step"
+    if "reference_seconds" in summary:
+        timing = f"reference pass {summary['reference_seconds']:.1f}s, " + timing
+    fields.append(f"({timing})")
     if "padding_share" in summary:
         fields.append(f"padding_share={summary['padding_share']:.3f}")
     return "  ".join(fields)
@@ -382,6 +389,9 @@ def benchmark_main(script: Path, args: argparse.Namespace, *, section: str, task
         results.append(result)
     peaks_end = measure_peaks()
     peak = {key: max(peaks[key], peaks_end[key]) for key in peaks}
+    raw = CACHE_DIR / f"results-{script.stem}.json"
+    raw.write_text(json.dumps({"started": started, "machine": machine, "peaks": [peaks, peaks_end],
+                               "runs": results}, indent=1) + "\n")
 
     lines = [f"{section} — {started}", *task_lines, f"data: {NUM_PAIRS} pairs sampled by the {sampled_by}, "
              f"seed {args.seed}; {args.repeats} timed run(s) per side (ABBA order), each in a fresh process"]
@@ -395,7 +405,7 @@ def benchmark_main(script: Path, args: argparse.Namespace, *, section: str, task
         lines.append(f"[{run_precision}] real tokens per epoch {tokens}, model FLOPs {flops / 1e12:.2f} TFLOP")
         lines += ["  " + side_line(name, summary, peak[run_precision], flops, tokens)
                   for name, summary in (("alignkit", ours), ("trl", theirs))]
-        lines += ["  " + line for line in theirs.get("notes", [])]
+        lines += ["  " + line for line in ours.get("notes", []) + theirs.get("notes", [])]
         losses = "  ".join(f"{name}: {s['first_loss']:.4f} → {s['last_loss']:.4f} (mean {s['mean_loss']:.4f})"
                            for name, s in (("alignkit", ours), ("trl", theirs)))
         lines.append(f"  loss per step, first → last: {losses}")
@@ -408,8 +418,9 @@ def benchmark_main(script: Path, args: argparse.Namespace, *, section: str, task
         what_if = summarize(results, "alignkit+fused_adamw", "fp32")
         ours_fp32, theirs_fp32 = (summarize(results, side, "fp32") for side in ("alignkit", "trl"))
         lines.append("what-if (not alignkit as it is, not in the ratio): alignkit with torch.optim.AdamW(fused=True)")
+        speedup = theirs_fp32["seconds"] / what_if["seconds"]
         lines.append("  " + side_line("ak+fused", what_if, peak["fp32"], ours_fp32["model_flops"],
-                                      int(ours_fp32["real_tokens"])) + f"  vs trl: {theirs_fp32['seconds'] / what_if['seconds']:.2f}x")
+                                      int(ours_fp32["real_tokens"])) + f"  vs trl: {speedup:.2f}x")
     reason = ("bf16 matmul is faster than fp32 here" if precision == "bf16" else
               f"no bf16 matmul unit: bf16 runs at {peak['bf16'] / peak['fp32']:.3f}x the fp32 peak, so bf16 is "
               f"not run")
@@ -421,7 +432,8 @@ def benchmark_main(script: Path, args: argparse.Namespace, *, section: str, task
     if not args.no_results:
         command = f"{Path(sys.executable).relative_to(ROOT) if sys.executable.startswith(str(ROOT)) else 'python'} " \
                   f"bench/{script.name}" + (f" --repeats {args.repeats}" if args.repeats != 2 else "") + \
-                  (f" --seed {args.seed}" if args.seed != SEED else "")
+                  (f" --seed {args.seed}" if args.seed != SEED else "") + \
+                  (" --what-if-fused-adamw" if args.what_if_fused_adamw else "")
         body = f"Command: `{command}`\n\n{machine_markdown(machine, peak)}\n\n```\n{report}\n```\n"
         update_results(section, body)
         print(f"\n[bench] wrote the '{section}' section of {RESULTS.relative_to(ROOT)}")

@@ -87,7 +87,10 @@ def alignkit_side(seed: int, precision: str) -> dict:
     return {"seconds": end - start, "reference_seconds": reference_end - start, "steps": len(losses),
             "step_seconds": [b - a for a, b in zip([reference_end] + step_ends, step_ends)],
             "first_loss": losses[0], "last_loss": losses[-1], "mean_loss": sum(losses) / len(losses),
-            "model_flops": flops, "peak_rss_mib": common.peak_rss_mib(), "rss_before_mib": rss_before, **counts}
+            "model_flops": flops, "peak_rss_mib": common.peak_rss_mib(), "rss_before_mib": rss_before, **counts,
+            "notes": [f"alignkit: packed rows of {counts['shared_row_tokens']} tokens for the {counts['real_tokens']} "
+                      f"real tokens (each prompt once for both replies), no padding; LM head on the "
+                      f"{counts['predicted_tokens']} labels only"]}
 
 
 def trl_side(seed: int, precision: str) -> dict:

@@ -23,7 +23,8 @@ epoch = 16 optimizer steps, the loss averaged over the response tokens of each b
   is True), ``torch_compile`` left at its default (off), no checkpoint saving.
 
 Timed: from the first batch to the last optimizer step (alignkit: ``run_sft``, which also tokenizes, in tens
-of milliseconds; TRL: ``trainer.train()``, having tokenized in its constructor). Definitions of tokens, model FLOPs, mfu and memory: ``bench/common.py``.
+of milliseconds; TRL: ``trainer.train()``, having tokenized in its constructor). Definitions of tokens, model
+FLOPs, mfu and memory: ``bench/common.py``.
 """
 
 from __future__ import annotations
