@@ -262,6 +262,25 @@ def patch_fused_adamw() -> None:
     torch.optim.AdamW = functools.partial(torch.optim.AdamW, fused=True)
 
 
+def run_record(start: float, step_ends: list[float], losses: list[float]) -> dict[str, Any]:
+    """The per-run fields every side reports: step count, per-step seconds (from ``start``), loss summary."""
+    return {"steps": len(step_ends), "step_seconds": [b - a for a, b in zip([start] + step_ends, step_ends)],
+            "first_loss": losses[0], "last_loss": losses[-1], "mean_loss": sum(losses) / len(losses)}
+
+
+def main(script: Path, doc: str, sides: dict[str, Callable[[int, str], dict[str, Any]]], *, section: str,
+         task_lines: list[str]) -> None:
+    """A bench script's entry point: a worker (one side, one run), a profile of one side, or the whole bench."""
+    args = worker_arguments(doc.splitlines()[0])
+    if args.worker:
+        emit(sides[args.worker](args.seed, args.precision))
+    elif args.profile:
+        load_pairs(args.seed)
+        print(profile_call(lambda: print(sides[args.profile](args.seed, args.precision)["seconds"])))
+    else:
+        benchmark_main(script, args, section=section, task_lines=task_lines)
+
+
 def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
 

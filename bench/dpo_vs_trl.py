@@ -84,9 +84,8 @@ def alignkit_side(seed: int, precision: str) -> dict:
     )
     end = time.perf_counter()
     losses = [record["loss"] for record in result.history]
-    return {"seconds": end - start, "reference_seconds": reference_end - start, "steps": len(losses),
-            "step_seconds": [b - a for a, b in zip([reference_end] + step_ends, step_ends)],
-            "first_loss": losses[0], "last_loss": losses[-1], "mean_loss": sum(losses) / len(losses),
+    return {"seconds": end - start, "reference_seconds": reference_end - start,
+            **common.run_record(reference_end, step_ends, losses),
             "model_flops": flops, "peak_rss_mib": common.peak_rss_mib(), "rss_before_mib": rss_before, **counts,
             "notes": [f"alignkit: packed rows of {counts['shared_row_tokens']} tokens for the {counts['real_tokens']} "
                       f"real tokens (each prompt once for both replies), no padding; LM head on the "
@@ -164,8 +163,7 @@ def trl_side(seed: int, precision: str) -> dict:
     if seen["train"][1] != counts["real_tokens"]:
         raise RuntimeError(f"TRL trained on {seen['train'][1]} real tokens, the dataset holds {counts['real_tokens']}")
     return {"seconds": reference_seconds + end - train_start, "reference_seconds": reference_seconds,
-            "steps": len(step_ends), "step_seconds": [b - a for a, b in zip([train_start] + step_ends, step_ends)],
-            "first_loss": losses[0], "last_loss": losses[-1], "mean_loss": sum(losses) / len(losses),
+            **common.run_record(train_start, step_ends, losses),
             "model_flops": flops, "peak_rss_mib": common.peak_rss_mib(), "rss_before_mib": rss_before,
             "padding_share": 1 - real / positions, "lm_head_rows": head_rows, **counts,
             "notes": [f"trl: {positions} positions for {real} real tokens (reference pass + epoch); its LM head "
@@ -177,19 +175,12 @@ SIDES = {"alignkit": alignkit_side, "trl": trl_side}
 
 
 def main() -> None:
-    args = common.worker_arguments(__doc__.splitlines()[0])
-    if args.worker:
-        common.emit(SIDES[args.worker](args.seed, args.precision))
-    elif args.profile:
-        common.load_pairs(args.seed)
-        print(common.profile_call(lambda: print(SIDES[args.profile](args.seed, args.precision)["seconds"])))
-    else:
-        common.benchmark_main(Path(__file__).resolve(), args, section="DPO (bench/dpo_vs_trl.py)", task_lines=[
+    common.main(Path(__file__).resolve(), __doc__, SIDES, section="DPO (bench/dpo_vs_trl.py)", task_lines=[
             f"task: sigmoid DPO β={BETA}, {common.NUM_PAIRS} pairs, batch {common.BATCH_SIZE}, max length "
             f"{common.MAX_LENGTH}, {common.NUM_EPOCHS} epoch = {common.NUM_PAIRS // common.BATCH_SIZE} steps, AdamW "
             f"lr {LR} linear, reference log-probs precomputed (timed)",
             "model FLOPs = (3 train + 1 reference) × 2·(N_trunk·real tokens + d·V·response tokens)",
-        ])
+    ])
 
 
 if __name__ == "__main__":

@@ -94,9 +94,8 @@ def alignkit_side(seed: int, precision: str) -> dict:
                         on_step=lambda state, record: step_ends.append(time.perf_counter()))
     end = time.perf_counter()
     losses = [record["loss"] for record in result.history]
-    return {"seconds": end - start, "steps": len(losses),
-            "step_seconds": [b - a for a, b in zip([start] + step_ends, step_ends)],
-            "first_loss": losses[0], "last_loss": losses[-1], "mean_loss": sum(losses) / len(losses),
+    return {"seconds": end - start,
+            **common.run_record(start, step_ends, losses),
             "model_flops": flops_of(model, counts), "peak_rss_mib": common.peak_rss_mib(),
             "rss_before_mib": rss_before, **counts}
 
@@ -153,9 +152,7 @@ def trl_side(seed: int, precision: str) -> dict:
     if real != counts["real_tokens"] or labelled != counts["predicted_tokens"]:
         raise RuntimeError(f"TRL saw {real} real / {labelled} labelled tokens, the dataset holds "
                            f"{counts['real_tokens']} / {counts['predicted_tokens']}")
-    return {"seconds": end - start, "steps": len(step_ends),
-            "step_seconds": [b - a for a, b in zip([start] + step_ends, step_ends)],
-            "first_loss": losses[0], "last_loss": losses[-1], "mean_loss": sum(losses) / len(losses),
+    return {"seconds": end - start, **common.run_record(start, step_ends, losses),
             "model_flops": flops_of(model, counts), "peak_rss_mib": common.peak_rss_mib(),
             "rss_before_mib": rss_before, "padding_share": 1 - real / positions, **counts,
             "notes": [f"trl: padding-free rows, {positions} positions for {real} real tokens; its LM head scored "
@@ -166,19 +163,12 @@ SIDES = {"alignkit": alignkit_side, "trl": trl_side}
 
 
 def main() -> None:
-    args = common.worker_arguments(__doc__.splitlines()[0])
-    if args.worker:
-        common.emit(SIDES[args.worker](args.seed, args.precision))
-    elif args.profile:
-        common.load_pairs(args.seed)
-        print(common.profile_call(lambda: print(SIDES[args.profile](args.seed, args.precision)["seconds"])))
-    else:
-        common.benchmark_main(Path(__file__).resolve(), args, section="SFT (bench/sft_vs_trl.py)", task_lines=[
+    common.main(Path(__file__).resolve(), __doc__, SIDES, section="SFT (bench/sft_vs_trl.py)", task_lines=[
             f"task: completion-only SFT, {common.NUM_PAIRS} examples (prompt + chosen reply), batch "
             f"{common.BATCH_SIZE}, max length {common.MAX_LENGTH}, {common.NUM_EPOCHS} epoch = "
             f"{common.NUM_PAIRS // common.BATCH_SIZE} steps, AdamW lr {LR} linear; TRL padding-free, no packing",
             "model FLOPs = 3 × 2·(N_trunk·real tokens + d·V·response tokens)",
-        ])
+    ])
 
 
 if __name__ == "__main__":
