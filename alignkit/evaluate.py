@@ -99,7 +99,7 @@ def kl_to_reference(policy: PreTrainedModel, reference: PreTrainedModel, tokeniz
     single-sample estimate); pass responses sampled from ``policy`` for the usual KL(π ‖ π_ref) estimate of
     the DPO paper's reward–KL frontier (Rafailov et al. 2023, Fig. 2).
     """
-    from alignkit.trainers.packing import pack, sequence_sums
+    from alignkit.trainers.packing import pack, packed_logits, sequence_sums
     from alignkit.trainers.sft import tokenize_turn
 
     if len(prompts) != len(responses):
@@ -111,12 +111,8 @@ def kl_to_reference(policy: PreTrainedModel, reference: PreTrainedModel, tokeniz
             example = tokenize_turn(tokenizer, prompt, response, max_length=10**6)
             items.append((example.prompt_ids, [example.response_ids]))
         batch = pack(items)
-        logps = []
-        for model in (policy, reference):
-            logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                           attention_mask=batch.attention_mask, logits_to_keep=batch.predict_positions,
-                           use_cache=False).logits[0].float()
-            logps.append(F.log_softmax(logits, dim=-1))  # (N, V)
-        per_token = (logps[0].exp() * (logps[0] - logps[1])).sum(-1)  # (N,)
-        totals += sequence_sums(per_token, batch).tolist()
+        policy_logps, reference_logps = (F.log_softmax(packed_logits(model, batch).float(), dim=-1)  # (N, V)
+                                         for model in (policy, reference))
+        per_token = (policy_logps.exp() * (policy_logps - reference_logps)).sum(-1)  # (N,)
+        totals += sequence_sums(per_token.cpu(), batch).tolist()
     return sum(totals) / len(totals)

@@ -21,7 +21,7 @@ from alignkit.data.schemas import validate_records
 from alignkit.losses import DPO_LOSSES, dpo_loss
 from alignkit.trainers.loop import StepOutput, TrainConfig, TrainResult, train
 from alignkit.trainers.packing import PackedBatch, pack, packed_target_logps, sequence_sums
-from alignkit.trainers.sft import _compute_dtype, _device_of, tokenize_turn
+from alignkit.trainers.sft import tokenize_turn
 
 
 @dataclass
@@ -96,8 +96,8 @@ def _pack_pairs(examples: Sequence[PairExample]) -> PackedBatch:
 
 def pair_logps(model: torch.nn.Module, packed: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
     """Sequence log-probs (B,) of the chosen and the rejected responses of a packed pair batch."""
-    packed = packed.to(_device_of(model), _compute_dtype(model))
-    per_sequence = sequence_sums(packed_target_logps(model, packed), packed).view(-1, 2)  # (B, 2)
+    target_logps = packed_target_logps(model, packed)
+    per_sequence = sequence_sums(target_logps, packed.to(target_logps.device)).view(-1, 2)  # (B, 2)
     return per_sequence[:, 0], per_sequence[:, 1]
 
 

@@ -89,14 +89,27 @@ def pack(items: list[tuple[list[int], list[list[int]]]], dtype: torch.dtype = to
     )
 
 
+def on_model(batch: PackedBatch, model: torch.nn.Module) -> PackedBatch:
+    """``batch`` on the model's device, its mask in the dtype attention computes in (bf16 under autocast)."""
+    parameter = next(model.parameters())
+    autocast = torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
+    return batch.to(parameter.device, torch.bfloat16 if autocast else parameter.dtype)
+
+
+def packed_logits(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
+    """Logits at the batch's predicting positions only, shape (N, V), in ``predict_positions`` order."""
+    batch = on_model(batch, model)
+    output = model(input_ids=batch.input_ids, position_ids=batch.position_ids,
+                   attention_mask=batch.attention_mask, logits_to_keep=batch.predict_positions, use_cache=False)
+    return output.logits[0]
+
+
 def packed_target_logps(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
     """log π(target) for every target of ``batch``, shape (N,), computing the LM head only where needed."""
     from alignkit.losses import per_token_logps
 
-    output = model(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                   attention_mask=batch.attention_mask, logits_to_keep=batch.predict_positions, use_cache=False)
-    logits = output.logits[0]  # (N, V): row positions in predict_positions order
-    return per_token_logps(logits[None], batch.target_ids[None])[0]
+    logits = packed_logits(model, batch)  # (N, V)
+    return per_token_logps(logits[None], batch.target_ids.to(logits.device)[None])[0]
 
 
 def sequence_sums(values: torch.Tensor, batch: PackedBatch) -> torch.Tensor:

@@ -94,19 +94,9 @@ def sft_units(batch: PackedBatch) -> int:
 
 def sft_step(model: torch.nn.Module, batch: PackedBatch) -> StepOutput:
     """Summed NLL over the batch's response tokens (the loop divides by the global token count)."""
-    batch = batch.to(_device_of(model), _compute_dtype(model))
     target_logps = packed_target_logps(model, batch)  # (N,)
     loss_sum = sft_loss_sum(target_logps[None], torch.ones_like(target_logps, dtype=torch.bool)[None])
     return StepOutput(loss_sum, {})
-
-
-def _device_of(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def _compute_dtype(model: torch.nn.Module) -> torch.dtype:
-    return torch.bfloat16 if torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda") \
-        else next(model.parameters()).dtype
 
 
 def apply_lora(model: PreTrainedModel, r: int, alpha: int, dropout: float) -> torch.nn.Module:
