@@ -116,3 +116,49 @@ def kl_to_reference(policy: PreTrainedModel, reference: PreTrainedModel, tokeniz
         per_token = (policy_logps.exp() * (policy_logps - reference_logps)).sum(-1)  # (N,)
         totals += sequence_sums(per_token.cpu(), batch).tolist()
     return sum(totals) / len(totals)
+
+
+def _image_sets(images: torch.Tensor) -> torch.Tensor:
+    """(prompts, seeds, *image) → (prompts, seeds, features) in float64, after checking the shape."""
+    if images.dim() < 3:
+        raise ValueError(f"images must be (prompts, seeds, ...) with at least 2 seeds per prompt, got shape "
+                         f"{tuple(images.shape)}")
+    if images.shape[1] < 2:
+        raise ValueError(f"diversity needs at least 2 images per prompt (dimension 1), got {images.shape[1]}")
+    return images.detach().reshape(images.shape[0], images.shape[1], -1).double()
+
+
+def diversity(images: torch.Tensor) -> float:
+    """Mean pairwise L2 distance between the images of each prompt, averaged over prompts.
+
+    ``images``: (prompts, seeds, C, H, W) with values in [0, 1] (for notebook 06: 8 seeds per prompt, pixel
+    space). For each prompt, the mean over the seeds(seeds − 1)/2 unordered pairs of ‖x_i − x_j‖₂ on the
+    flattened images; identical images give 0.
+    """
+    sets = _image_sets(images)
+    seeds = sets.shape[1]
+    upper = torch.triu(torch.ones(seeds, seeds, dtype=torch.bool), diagonal=1)
+    per_prompt = torch.stack([torch.cdist(s, s)[upper].mean() for s in sets])
+    return per_prompt.mean().item()
+
+
+def vendi_score(images: torch.Tensor) -> float:
+    """Vendi score (Friedman and Dieng 2023) with a cosine kernel, per prompt, averaged over prompts.
+
+    For the n images of a prompt flattened to vectors, K_ij = cos(x_i, x_j) (so K_ii = 1), and
+    Vendi = exp(−Σ_k λ_k log λ_k) over the eigenvalues λ_k of K / n: the effective number of distinct images,
+    1 when all are identical (or parallel), n when all are orthogonal. An all-zero image has no direction: two
+    of them count as identical (cosine 1), one against any other image as orthogonal (cosine 0).
+    """
+    sets = _image_sets(images)
+    scores = []
+    for vectors in sets:
+        norms = vectors.norm(dim=1)
+        zero = norms == 0
+        unit = vectors / torch.where(zero, torch.ones_like(norms), norms)[:, None]
+        kernel = unit @ unit.T
+        kernel[zero[:, None] & zero[None, :]] = 1.0
+        eigenvalues = torch.linalg.eigvalsh(kernel / len(vectors)).clamp(min=0)
+        nonzero = eigenvalues[eigenvalues > 0]
+        scores.append(torch.exp(-(nonzero * nonzero.log()).sum()).item())
+    return sum(scores) / len(scores)

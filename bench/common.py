@@ -238,28 +238,7 @@ def worker_arguments(description: str) -> argparse.Namespace:
     parser.add_argument("--profile", choices=["alignkit", "trl"],
                         help="instead of benchmarking, profile one side (torch.profiler) and print the top ops")
     parser.add_argument("--no-results", action="store_true", help="do not update bench/RESULTS.md")
-    parser.add_argument("--what-if-fused-adamw", action="store_true",
-                        help="also time alignkit once more with torch.optim.AdamW(fused=True) patched in (an "
-                             "experiment for a suggested change to alignkit's loop; reported apart, not in the ratio)")
-    parser.add_argument("--fused-adamw", action="store_true", help=argparse.SUPPRESS)
-    args = parser.parse_args()
-    if args.fused_adamw:
-        patch_fused_adamw()
-    return args
-
-
-def patch_fused_adamw() -> None:
-    """Make ``torch.optim.AdamW`` default to ``fused=True`` in this (worker) process: the what-if experiment.
-
-    alignkit's loop builds ``torch.optim.AdamW(params, lr=..., weight_decay=...)``; on CPU that is the per-tensor
-    for-loop implementation (foreach and fused are opt-in off CUDA), while transformers' default for TRL is
-    ``adamw_torch_fused``. Same update rule, one fused kernel per parameter group.
-    """
-    import functools
-
-    import torch
-
-    torch.optim.AdamW = functools.partial(torch.optim.AdamW, fused=True)
+    return parser.parse_args()
 
 
 def run_record(start: float, step_ends: list[float], losses: list[float]) -> dict[str, Any]:
@@ -290,11 +269,9 @@ def emit(result: dict[str, Any]) -> None:
     print("BENCH_RESULT " + json.dumps(result), flush=True)
 
 
-def run_worker(script: Path, side: str, precision: str, seed: int, extra: list[str] | None = None
-               ) -> dict[str, Any]:
+def run_worker(script: Path, side: str, precision: str, seed: int) -> dict[str, Any]:
     """Run one side in a fresh process; return its result with the machine's contention while it ran."""
     command = [sys.executable, str(script), "--worker", side, "--precision", precision, "--seed", str(seed)]
-    command += extra or []
     with CpuMonitor() as monitor:
         process = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     lines = [line for line in process.stdout.splitlines() if line.startswith("BENCH_RESULT ")]
@@ -400,12 +377,6 @@ def benchmark_main(script: Path, args: argparse.Namespace, *, section: str, task
             print(f"[bench] {side:8s} {run_precision} run {repetition + 1}: {result['seconds']:.1f} s, "
                   f"others used {100 * result['others_cpu_share']:.0f}% of the CPU", flush=True)
             results.append(result)
-    if args.what_if_fused_adamw:
-        result = run_worker(script, "alignkit", "fp32", args.seed, ["--fused-adamw"])
-        result.update(side="alignkit+fused_adamw", precision="fp32", repetition=0)
-        print(f"[bench] alignkit + fused AdamW (what-if) fp32: {result['seconds']:.1f} s, others used "
-              f"{100 * result['others_cpu_share']:.0f}% of the CPU", flush=True)
-        results.append(result)
     peaks_end = measure_peaks()
     peak = {key: max(peaks[key], peaks_end[key]) for key in peaks}
     raw = CACHE_DIR / f"results-{script.stem}.json"
@@ -433,13 +404,6 @@ def benchmark_main(script: Path, args: argparse.Namespace, *, section: str, task
         if busiest > BUSY_WARNING:
             lines.append(f"  WARNING: other processes used up to {100 * busiest:.0f}% of the CPU during these runs; "
                          "re-run on a quiet machine before trusting the ratio")
-    if args.what_if_fused_adamw:
-        what_if = summarize(results, "alignkit+fused_adamw", "fp32")
-        ours_fp32, theirs_fp32 = (summarize(results, side, "fp32") for side in ("alignkit", "trl"))
-        lines.append("what-if (not alignkit as it is, not in the ratio): alignkit with torch.optim.AdamW(fused=True)")
-        speedup = theirs_fp32["seconds"] / what_if["seconds"]
-        lines.append("  " + side_line("ak+fused", what_if, peak["fp32"], ours_fp32["model_flops"],
-                                      int(ours_fp32["real_tokens"])) + f"  vs trl: {speedup:.2f}x")
     reason = ("bf16 matmul is faster than fp32 here" if precision == "bf16" else
               f"no bf16 matmul unit: bf16 runs at {peak['bf16'] / peak['fp32']:.3f}x the fp32 peak, so bf16 is "
               f"not run")
@@ -451,8 +415,7 @@ def benchmark_main(script: Path, args: argparse.Namespace, *, section: str, task
     if not args.no_results:
         command = f"{Path(sys.executable).relative_to(ROOT) if sys.executable.startswith(str(ROOT)) else 'python'} " \
                   f"bench/{script.name}" + (f" --repeats {args.repeats}" if args.repeats != 2 else "") + \
-                  (f" --seed {args.seed}" if args.seed != SEED else "") + \
-                  (" --what-if-fused-adamw" if args.what_if_fused_adamw else "")
+                  (f" --seed {args.seed}" if args.seed != SEED else "")
         body = f"Command: `{command}`\n\n{machine_markdown(machine, peak)}\n\n```\n{report}\n```\n"
         update_results(section, body)
         print(f"\n[bench] wrote the '{section}' section of {RESULTS.relative_to(ROOT)}")

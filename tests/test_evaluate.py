@@ -70,3 +70,33 @@ def test_heldout_texts_ship_with_the_package():
     texts = heldout_texts()
     assert len(texts) == 5
     assert sum(len(t.split()) for t in texts) == 366
+
+
+def test_diversity_on_hand_made_sets():
+    same = torch.rand(1, 1, 3, 4, 4).expand(2, 8, 3, 4, 4)
+    assert evaluate.diversity(same) == 0.0
+    # prompt 1: black, white, white (3×2×2 images) → pairwise distances √12, √12, 0;
+    # prompt 2: 0, e1, 2·e1 → distances 1, 2, 1
+    black, white = torch.zeros(3, 2, 2), torch.ones(3, 2, 2)
+    e1 = torch.zeros(3, 2, 2)
+    e1[0, 0, 0] = 1.0
+    sets = torch.stack([torch.stack([black, white, white]), torch.stack([black, e1, 2 * e1])])
+    expected = ((math.sqrt(12) * 2 + 0) / 3 + (1 + 2 + 1) / 3) / 2
+    assert evaluate.diversity(sets) == pytest.approx(expected, rel=1e-12)
+
+
+def test_vendi_on_hand_made_sets():
+    vector = torch.rand(1, 1, 3, 4, 4) + 0.1
+    assert evaluate.vendi_score(vector.expand(1, 8, 3, 4, 4)) == pytest.approx(1.0, abs=1e-9)
+    assert evaluate.vendi_score(torch.stack([vector[0, 0], 2 * vector[0, 0]])[None]) == pytest.approx(1.0, abs=1e-9)
+    eye = torch.eye(4).reshape(1, 4, 1, 2, 2)  # four orthogonal images: 4 distinct ones
+    assert evaluate.vendi_score(eye) == pytest.approx(4.0, rel=1e-9)
+    # two images at cosine c: eigenvalues of K/2 are (1 ± c)/2, Vendi = exp(entropy of those)
+    a, b = torch.tensor([1.0, 0.0], dtype=torch.float64), torch.tensor([0.6, 0.8], dtype=torch.float64)
+    p = torch.tensor([(1 + 0.6) / 2, (1 - 0.6) / 2], dtype=torch.float64)
+    expected = math.exp(-(p * p.log()).sum().item())
+    assert evaluate.vendi_score(torch.stack([a, b])[None, :, :, None]) == pytest.approx(expected, rel=1e-9)
+    zeros = torch.zeros(1, 3, 3, 2, 2)
+    assert evaluate.vendi_score(zeros) == pytest.approx(1.0, abs=1e-9)
+    with pytest.raises(ValueError, match="at least 2 images"):
+        evaluate.vendi_score(torch.rand(2, 1, 3, 4, 4))
