@@ -88,3 +88,36 @@ def frontier(points: dict[str, tuple[float, float]], *, xlabel: str, ylabel: str
     axis.grid(alpha=0.3)
     figure.tight_layout()
     return figure
+
+
+def image_grids(grids: dict[str, "object"], *, row_labels: list[str] | None = None, max_rows: int = 4,
+                title: str = "Samples: same prompts (rows) and seeds (columns) for every method") -> Figure:
+    """One panel per method, each a grid of images: rows = prompts, columns = seeds.
+
+    ``grids`` maps a method name to a tensor (prompts, seeds, 3, H, W) with values in [0, 1]; only the first
+    ``max_rows`` prompts are drawn. ``row_labels`` (the prompts) label the rows of the first panel.
+    """
+    import torch
+
+    names = list(grids)
+    rows = min(max_rows, min(int(g.shape[0]) for g in grids.values()))
+    seeds = int(next(iter(grids.values())).shape[1])
+    figure, axes = plt.subplots(1, len(names), figsize=(1.0 + 0.42 * seeds * len(names), 0.5 + 0.5 * rows),
+                                squeeze=False)
+    for axis, name in zip(axes[0], names):
+        images = grids[name][:rows].detach().float().clamp(0, 1)
+        # (rows, seeds, 3, H, W) → one (rows·(H+1), seeds·(W+1), 3) mosaic with 1-pixel white gutters
+        padded = torch.nn.functional.pad(images, (0, 1, 0, 1), value=1.0)
+        h, w = padded.shape[-2:]
+        mosaic = padded.permute(0, 3, 1, 4, 2).reshape(rows * h, seeds * w, 3)[:-1, :-1]
+        axis.imshow(mosaic.cpu().numpy(), interpolation="nearest")
+        axis.set_title(name, fontsize=10)
+        axis.set_xticks([])
+        axis.set_yticks([(r + 0.5) * h - 1 for r in range(rows)] if row_labels else [])
+        if row_labels and axis is axes[0][0]:
+            axis.set_yticklabels([label.removeprefix("a ") for label in row_labels[:rows]], fontsize=7)
+        else:
+            axis.set_yticklabels([])
+    figure.suptitle(title, fontsize=11)
+    figure.tight_layout()
+    return figure
