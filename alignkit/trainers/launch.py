@@ -6,13 +6,14 @@
 ``--data`` is a JSON-lines file of records in alignkit's schemas (SFT: ``messages``; DPO: ``prompt``,
 ``chosen``, ``rejected``). Every process runs this same command; the shared loop shards the data across
 processes, and a re-run with the same ``--output-dir`` resumes from the newest checkpoint. The final model
-is written to ``<output-dir>/final`` by the main process.
+is written to ``<output-dir>/final`` by the main process (under DeepSpeed ZeRO-3 the shards are gathered first).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -50,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     from accelerate import Accelerator
+    from accelerate.utils import DistributedType
 
     from alignkit.models import load_model
     from alignkit.trainers.dpo import DPOConfig, precompute_reference_logps, run_dpo, tokenize_pairs
@@ -61,7 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     config = TrainConfig(lr=args.lr, num_epochs=args.num_epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                          grad_accum=args.grad_accum, mixed_precision=args.mixed_precision, seed=args.seed,
                          checkpoint_every=args.checkpoint_every)
-    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=args.mixed_precision)
+    # `accelerate launch` with a DeepSpeed config sets ACCELERATE_USE_DEEPSPEED; cpu=True would switch DeepSpeed off
+    # (DeepSpeed's CPU accelerator, DS_ACCELERATOR=cpu, runs it on a machine without GPUs).
+    use_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    accelerator = Accelerator(cpu=not torch.cuda.is_available() and not use_deepspeed,
+                              mixed_precision=args.mixed_precision)
     model, tokenizer = load_model(args.model, seed=args.seed)
     model.to(accelerator.device)
     if args.algorithm == "sft":
@@ -75,8 +81,16 @@ def main(argv: list[str] | None = None) -> int:
             model = apply_lora(model, args.lora_r, 16, 0.0)
         run_dpo(model, examples, dpo=DPOConfig(beta=args.beta, loss_type=args.loss_type, max_length=args.max_length),
                 config=config, output_dir=args.output_dir, accelerator=accelerator)
+    weights = None
+    if accelerator.distributed_type == DistributedType.DEEPSPEED:
+        if args.lora_r:
+            raise NotImplementedError("--lora-r under DeepSpeed: the final merge is not supported; the adapter is in "
+                                      "the last checkpoint's model/ folder")
+        # collective: under ZeRO-3 each rank holds a shard only, and the module's own tensors are empty
+        weights = accelerator.get_state_dict(accelerator.deepspeed_engine_wrapped.engine)
     if accelerator.is_main_process:
-        final = save_final(accelerator.unwrap_model(model), tokenizer, Path(args.output_dir) / "final")
+        final = save_final(accelerator.unwrap_model(model), tokenizer, Path(args.output_dir) / "final",
+                           state_dict=weights)
         print(f"[alignkit] saved {final}")
     accelerator.wait_for_everyone()
     return 0

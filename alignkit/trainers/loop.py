@@ -15,6 +15,17 @@ the rest. Two choices that matter for correctness:
   resumed run replays nothing and skips nothing. A checkpoint holds weights (or the LoRA adapter), the
   optimizer, the scheduler, every process's RNG states and :class:`TrainState`; it is written to a
   temporary folder and renamed into place, so a kill (even SIGKILL) never leaves half a checkpoint.
+
+**Under DeepSpeed ZeRO** (an ``Accelerator`` with a ``DeepSpeedPlugin``) the loop drives the engine itself,
+because ``accelerator.backward`` would step the engine after every micro-batch (the loop accumulates by hand,
+so ``sync_gradients`` is always True) and the engine would divide the loss by its own accumulation count: each
+micro-batch runs ``engine.backward(loss, scale_wrt_gas=False)`` with the accumulation boundary set on the last
+one, then one ``engine.step()`` clips (DeepSpeed's ``gradient_clipping``) and updates. The loop fills the
+config's ``train_micro_batch_size_per_gpu``, ``gradient_accumulation_steps``, ``train_batch_size`` and
+``gradient_clipping`` from :class:`TrainConfig` (an explicit different value is an error); the LambdaLR sits
+on the torch AdamW whose parameter groups the ZeRO optimizer steps, so it sets the LR really used (logged from
+the engine). Checkpoints add DeepSpeed's own ``engine.save_checkpoint`` (a collective call: sharded optimizer
+state and fp32 master weights) inside the same temporary folder, and resume uses ``engine.load_checkpoint``.
 """
 
 from __future__ import annotations
@@ -32,6 +43,7 @@ from typing import Any, Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 from accelerate import Accelerator
+from accelerate.utils import DistributedType
 from tqdm.auto import tqdm
 
 SCHEDULES = ("constant", "linear", "cosine")
@@ -163,19 +175,83 @@ def _can_fuse(params: list[torch.nn.Parameter], device: torch.device) -> bool:
         p.device.type == device.type and p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params)
 
 
+DEEPSPEED_TAG = "deepspeed"
+"""subfolder of a checkpoint that holds ``engine.save_checkpoint``'s files under DeepSpeed"""
+
+
+def _uses_deepspeed(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def _fill_deepspeed_config(accelerator: Accelerator, config: TrainConfig) -> None:
+    """Write the loop's batch, accumulation and clipping settings into the DeepSpeed config before ``prepare``.
+
+    accelerate fills ``"auto"`` batch sizes from a prepared DataLoader, which the loop does not have, and would
+    fill ``"auto"`` clipping with 1.0 whatever ``max_grad_norm`` says. Each entry that is ``"auto"`` or absent
+    gets the :class:`TrainConfig` value; an explicit different value is an error rather than silently another run.
+    """
+    plugin = accelerator.state.deepspeed_plugin
+    ds_config = plugin.deepspeed_config
+    wanted = {
+        "train_micro_batch_size_per_gpu": config.batch_size,
+        "gradient_accumulation_steps": config.grad_accum,
+        "train_batch_size": config.batch_size * config.grad_accum * accelerator.num_processes,
+        "gradient_clipping": float(config.max_grad_norm),  # 0 disables clipping in DeepSpeed too
+    }
+    mismatches = []
+    for key, value in wanted.items():
+        current = ds_config.get(key, "auto")
+        if current == "auto":
+            ds_config[key] = value
+        elif float(current) != float(value):
+            mismatches.append(f"{key}: DeepSpeed config has {current}, TrainConfig implies {value}")
+    if mismatches:
+        raise ValueError("the DeepSpeed config disagrees with TrainConfig (set these entries to \"auto\" so the "
+                         "loop fills them, or change TrainConfig):\n  " + "\n  ".join(mismatches))
+    for section in ("optimizer", "scheduler"):
+        if section in ds_config:
+            raise ValueError(f"the DeepSpeed config has a {section!r} section: alignkit's loop builds its own AdamW "
+                             f"and LR schedule from TrainConfig; remove the section")
+
+
+def _check_deepspeed_checkpointing(accelerator: Accelerator) -> None:
+    """Fail before training, not at the first checkpoint, when ZeRO-3 weights could not be gathered for it."""
+    zero = accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
+    if zero.get("stage") == 3 and zero.get("stage3_gather_16bit_weights_on_model_save") is not True:
+        raise ValueError("checkpoints under ZeRO-3 save the gathered weights (model/), which needs "
+                         "\"stage3_gather_16bit_weights_on_model_save\": true in the DeepSpeed config (the shipped "
+                         "deepspeed_zero3.json sets it); set it, or train without output_dir")
+
+
 def _save_checkpoint(accelerator: Accelerator, model, optimizer, scheduler, state: TrainState,
                      output_dir: Path, keep: int) -> Path:
     root = output_dir / "checkpoints"
     final = root / f"step-{state.step}"
     tmp = root / f".tmp-step-{state.step}"
+    deepspeed = _uses_deepspeed(accelerator)
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
-        save_model(accelerator.unwrap_model(model), tmp / "model")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        if not deepspeed:
+            save_model(accelerator.unwrap_model(model), tmp / "model")
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         (tmp / "state.json").write_text(json.dumps(asdict(state)))
     accelerator.wait_for_everyone()
+    if deepspeed:
+        # model/ holds the usual weights folder. Under ZeRO-3 each rank has a shard only: get_state_dict gathers
+        # them (collective; the shipped ZeRO-3 JSON sets stage3_gather_16bit_weights_on_model_save for this) and
+        # keeps tied weights tied. Under ZeRO-0/1/2 every rank holds the full weights.
+        if model.zero_optimization_partition_weights():
+            weights = accelerator.get_state_dict(model)
+            if accelerator.is_main_process:
+                accelerator.unwrap_model(model).save_pretrained(tmp / "model", state_dict=weights,
+                                                                safe_serialization=True)
+        elif accelerator.is_main_process:
+            save_model(accelerator.unwrap_model(model), tmp / "model")
+        # Collective: every rank writes its shard of the optimizer state and fp32 master weights (what a resume
+        # needs), under tmp/deepspeed/, so the rename below still makes the whole checkpoint appear at once.
+        model.save_checkpoint(str(tmp), tag=DEEPSPEED_TAG, save_latest=False)
     torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
@@ -189,21 +265,34 @@ def _save_checkpoint(accelerator: Accelerator, model, optimizer, scheduler, stat
 
 def _load_checkpoint(accelerator: Accelerator, model, optimizer, scheduler, folder: Path) -> TrainState:
     unwrapped = accelerator.unwrap_model(model)
-    if hasattr(unwrapped, "peft_config"):
-        from peft import set_peft_model_state_dict
-        from safetensors.torch import load_file
-
-        set_peft_model_state_dict(unwrapped, load_file(folder / "model" / "adapter_model.safetensors"))
+    if _uses_deepspeed(accelerator):
+        if not (folder / DEEPSPEED_TAG).is_dir():
+            raise RuntimeError(f"checkpoint {folder} was not written under DeepSpeed (no {DEEPSPEED_TAG}/ folder); "
+                               f"resume it without DeepSpeed, or start the DeepSpeed run from its model/ weights")
+        # Collective: module weights, and this rank's shard of the optimizer state and fp32 master weights.
+        loaded, _ = model.load_checkpoint(str(folder), tag=DEEPSPEED_TAG, load_optimizer_states=True,
+                                          load_lr_scheduler_states=False)
+        if loaded is None:
+            raise RuntimeError(f"DeepSpeed could not load the checkpoint in {folder / DEEPSPEED_TAG}")
     else:
+        if not (folder / "optimizer.pt").is_file() and (folder / DEEPSPEED_TAG).is_dir():
+            raise RuntimeError(f"checkpoint {folder} was written under DeepSpeed (its optimizer state is sharded in "
+                               f"{DEEPSPEED_TAG}/): resume it under DeepSpeed with the same number of processes, "
+                               f"or start a new run from its model/ weights")
         from safetensors.torch import load_file
 
-        weights = load_file(folder / "model" / "model.safetensors")
-        missing, unexpected = unwrapped.load_state_dict(weights, strict=False)
-        tied = {"lm_head.weight"} if getattr(unwrapped.config, "tie_word_embeddings", False) else set()
-        if set(missing) - tied or unexpected:
-            raise RuntimeError(f"checkpoint {folder} does not match the model: missing {sorted(set(missing) - tied)}, "
-                               f"unexpected {sorted(unexpected)}")
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
+        if hasattr(unwrapped, "peft_config"):
+            from peft import set_peft_model_state_dict
+
+            set_peft_model_state_dict(unwrapped, load_file(folder / "model" / "adapter_model.safetensors"))
+        else:
+            weights = load_file(folder / "model" / "model.safetensors")
+            missing, unexpected = unwrapped.load_state_dict(weights, strict=False)
+            tied = {"lm_head.weight"} if getattr(unwrapped.config, "tie_word_embeddings", False) else set()
+            if set(missing) - tied or unexpected:
+                raise RuntimeError(f"checkpoint {folder} does not match the model: missing "
+                                   f"{sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")
+        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
     _set_rng_state(torch.load(folder / f"rng-{accelerator.process_index}.pt", weights_only=False))
     return TrainState(**json.loads((folder / "state.json").read_text()))
@@ -243,9 +332,16 @@ def train(
     trainable = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay,
                                   fused=_can_fuse(trainable, accelerator.device))
+    # Under DeepSpeed the ZeRO optimizer steps this AdamW's param_groups (with its flat fp32 partitions as
+    # params), so the schedule set here is the LR it uses; the engine is not given a scheduler of its own.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
         s, warmup_steps=config.warmup_steps, total_steps=total_steps, schedule=config.schedule))
-    model, optimizer = accelerator.prepare(model, optimizer)
+    deepspeed = _uses_deepspeed(accelerator)
+    if deepspeed:
+        _fill_deepspeed_config(accelerator, config)
+        if output_dir is not None:
+            _check_deepspeed_checkpointing(accelerator)
+    model, optimizer = accelerator.prepare(model, optimizer)  # under DeepSpeed: model is the DeepSpeedEngine
     state = TrainState()
     output_dir = Path(output_dir) if output_dir is not None else None
     if output_dir is not None and resume and (checkpoint := latest_checkpoint(output_dir)) is not None:
@@ -268,18 +364,34 @@ def train(
         metric_totals: dict[str, torch.Tensor] = {}
         for index, batch in enumerate(batches):
             sync = index == len(batches) - 1
-            with (nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
-                output = step(model, batch)
-                accelerator.backward(output.loss_sum * (world / global_units))
+            if deepspeed:
+                # Not accelerator.backward: it would run engine.step() after every micro-batch. ZeRO-2/3 reduce
+                # gradients into their partitions at every backward, averaging over processes like DDP.
+                model.set_gradient_accumulation_boundary(sync)
+                with accelerator.autocast():
+                    output = step(model, batch)
+                    model.backward(output.loss_sum * (world / global_units), scale_wrt_gas=False)
+            else:
+                with (nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
+                    output = step(model, batch)
+                    accelerator.backward(output.loss_sum * (world / global_units))
             loss_total += output.loss_sum.detach().float()
             for name, value in output.metric_sums.items():
                 metric_totals[name] = metric_totals.get(name, 0.0) + torch.as_tensor(value).detach().float()
-        grad_norm = (accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
-                     if config.max_grad_norm > 0 else torch.tensor(float("nan")))
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        if deepspeed:
+            lr = model.get_lr()[0]  # what the ZeRO optimizer's param group holds: the LR this step uses
+            model.step()  # clip to gradient_clipping (= max_grad_norm), optimizer step, zero the gradients
+            engine_norm = model.get_global_grad_norm()  # before clipping, like clip_grad_norm_'s return
+            grad_norm = (float(engine_norm) if config.max_grad_norm > 0 and engine_norm is not None
+                         else float("nan"))
+            scheduler.step()
+        else:
+            grad_norm = (accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
+                         if config.max_grad_norm > 0 else torch.tensor(float("nan")))
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
         state.step += 1
         names = sorted(metric_totals)
         sums = accelerator.reduce(torch.stack([loss_total] + [metric_totals[n].to(loss_total.device)

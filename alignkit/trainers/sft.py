@@ -108,12 +108,16 @@ def apply_lora(model: PreTrainedModel, r: int, alpha: int, dropout: float) -> to
                                             task_type="CAUSAL_LM"))
 
 
-def save_final(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, folder: str | Path) -> Path:
-    """Save a plain Hugging Face folder (LoRA merged into the weights) that later notebooks load by path."""
+def save_final(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, folder: str | Path, *,
+               state_dict: dict[str, torch.Tensor] | None = None) -> Path:
+    """Save a plain Hugging Face folder (LoRA merged into the weights) that later notebooks load by path.
+
+    ``state_dict``: the weights to write instead of the module's own (gathered ZeRO-3 shards).
+    """
     folder = Path(folder)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    model.save_pretrained(folder, safe_serialization=True)
+    model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     return folder
 
