@@ -52,6 +52,15 @@ NOTEBOOK_DEFAULTS: dict[str, dict[str, dict]] = {
         "gpu": {"num_prompts": 4096, "num_eval": 500, "num_kl": 200, "num_epochs": 1, "lr": 5e-7, "batch_size": 16,
                 "max_new_tokens": 128, "betas": [0.01, 0.05, 0.1, 0.5], "min_margin": 0.0},
     },
+    "06_draftplus": {
+        # updates: per method (the cpu budget is ≤ 100); steps: DDIM steps when sampling (≤ 10 on cpu)
+        "smoke": {"num_updates": 2, "batch_size": 2, "lr": 1e-3, "lora_rank": 2, "num_steps": 4,
+                  "num_eval_prompts": 2, "num_seeds": 3, "lambdas": [1.0]},
+        "cpu": {"num_updates": 100, "batch_size": 8, "lr": 2e-3, "lora_rank": 8, "num_steps": 10,
+                "num_eval_prompts": 12, "num_seeds": 8, "lambdas": [0.1, 0.3, 1.0, 3.0]},
+        "gpu": {"num_updates": 200, "batch_size": 4, "lr": 2e-4, "lora_rank": 8, "num_steps": 25,
+                "num_eval_prompts": 16, "num_seeds": 8, "lambdas": [0.1, 0.2, 1.0]},
+    },
 }
 
 
