@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -61,39 +62,205 @@ def shuffle_words(text: str, *, seed: int) -> str:
     return "\n\n".join(paragraphs)
 
 
-def mean_ci(values: list[float], *, z: float = 1.96) -> tuple[float, float, float]:
-    """Mean and its normal-approximation 95% interval, mean ± z·s/√n (s: sample standard deviation).
+NUM_RESAMPLES = 4000
+"""Bootstrap resamples of every interval in this module (percentile intervals; Efron & Tibshirani 1993, ch. 13)."""
+LEVEL = 0.95
+"""Coverage of every interval in this module."""
 
-    Returns ``(mean, low, high)``; with one value the interval is the point itself.
+
+def _as_array(values, name: str) -> np.ndarray:
+    array = np.asarray(values, dtype=np.float64)
+    if array.ndim != 1 or array.size == 0:
+        raise ValueError(f"{name} must be a non-empty list of numbers, got shape {array.shape}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"{name} holds NaN or infinite values; score every prompt with a finite number")
+    return array
+
+
+def _percentile_interval(statistics: np.ndarray, level: float) -> tuple[float, float]:
+    tail = (1.0 - level) / 2.0
+    low, high = np.quantile(statistics, [tail, 1.0 - tail])
+    return float(low), float(high)
+
+
+def mean_ci(values, *, seed: int = 0, num_resamples: int = NUM_RESAMPLES,
+            level: float = LEVEL) -> tuple[float, float, float]:
+    """The mean of ``values`` and its bootstrap percentile interval: ``(mean, low, high)``.
+
+    ``num_resamples`` times, n values are drawn with replacement (``numpy.random.default_rng(seed)``), and the
+    interval holds the central ``level`` of their means. Same values and seed → the same interval; one value
+    (or all equal) gives the point itself.
     """
-    if not values:
-        raise ValueError("values is empty; pass at least one score")
-    n = len(values)
-    mean = sum(values) / n
-    if n == 1:
-        return mean, mean, mean
-    variance = sum((v - mean) ** 2 for v in values) / (n - 1)
-    half = z * math.sqrt(variance / n)
-    return mean, mean - half, mean + half
+    array = _as_array(values, "values")
+    rng = np.random.default_rng(seed)
+    means = array[rng.integers(0, array.size, size=(num_resamples, array.size))].mean(axis=1)
+    low, high = _percentile_interval(means, level)
+    return float(array.mean()), low, high
 
 
-def win_rate(scores: list[float], baseline_scores: list[float]) -> tuple[float, float, float]:
-    """Fraction of prompts where ``scores`` beat ``baseline_scores`` (same prompts), ties counting ½.
+def sign_test(wins: int, losses: int) -> float:
+    """Exact two-sided sign test: the p-value of ``wins`` against ``losses`` when each is equally likely.
 
-    Each prompt's outcome is 1 (win), ½ (tie) or 0 (loss); returns ``(rate, low, high)`` with the 95%
-    interval of :func:`mean_ci` over those outcomes.
+    Ties are left out before calling (they carry no sign). With n = wins + losses and k = min(wins, losses),
+    p = min(1, 2 · Σ_{i≤k} C(n, i) / 2ⁿ); n = 0 gives p = 1. 14 wins and 5 losses: p = 0.0636.
     """
-    if len(scores) != len(baseline_scores):
-        raise ValueError(f"scores and baseline_scores must have the same length, got {len(scores)} and "
-                         f"{len(baseline_scores)}")
-    outcomes = [1.0 if s > b else 0.5 if s == b else 0.0 for s, b in zip(scores, baseline_scores)]
-    return mean_ci(outcomes)
+    if min(wins, losses) < 0:
+        raise ValueError(f"wins and losses must be counts >= 0, got {wins} and {losses}")
+    n, k = wins + losses, min(wins, losses)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1))
+    return min(1.0, 2.0 * tail / 2.0 ** n)
+
+
+def wins_needed(decisive: int, *, alpha: float = 0.01) -> int | None:
+    """The fewest wins out of ``decisive`` non-tied prompts that make :func:`sign_test` p < ``alpha``
+    (None when even ``decisive`` wins out of ``decisive`` would not): how far a result is from significance."""
+    for wins in range(decisive // 2, decisive + 1):
+        if sign_test(wins, decisive - wins) < alpha:
+            return wins
+    return None
+
+
+def significance_gap(wins: int, ties: int, losses: int, *, alpha: float = 0.01) -> str:
+    """One sentence on how far a win/tie/loss count is from a sign-test gain at ``alpha``: the share of ties,
+    the decisive prompts, and the wins among them that p < ``alpha`` would need (:func:`wins_needed`)."""
+    decisive, n = wins + losses, wins + ties + losses
+    needed = wins_needed(decisive, alpha=alpha)
+    text = (f"Of {n} test prompts {ties} tie ({ties / n:.0%}); on the {decisive} decisive ones the treatment wins "
+            f"{wins}")
+    if needed is None:
+        return f"{text}; with so few decisive prompts no count of wins would reach p < {alpha:g}."
+    if wins >= needed:
+        return f"{text}, at least the {needed} that p < {alpha:g} needs."
+    return f"{text}; p < {alpha:g} would need {needed} of {decisive} ({needed - wins} more)."
+
+
+def mcnemar_test(before: list[bool], after: list[bool]) -> dict[str, float | int]:
+    """Exact McNemar test of paired binary outcomes (e.g. each prompt answered correctly before and after).
+
+    Only the discordant prompts count: ``gained`` (wrong before, right after) and ``lost`` (right before,
+    wrong after); the p-value is :func:`sign_test` (gained, lost), the exact (binomial) form of McNemar's test.
+    """
+    if len(before) != len(after) or not before:
+        raise ValueError(f"before and after must be equally long, non-empty lists, got {len(before)} and {len(after)}")
+    gained = sum(1 for b, a in zip(before, after) if not b and a)
+    lost = sum(1 for b, a in zip(before, after) if b and not a)
+    return {"gained": gained, "lost": lost, "p": sign_test(gained, lost)}
+
+
+def _paired(scores: np.ndarray, baseline: np.ndarray, *, seed: int, num_resamples: int, level: float) -> dict:
+    outcomes = np.where(scores > baseline, 1.0, np.where(scores < baseline, 0.0, 0.5))
+    differences = scores - baseline
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(0, scores.size, size=(num_resamples, scores.size))  # the same prompts for both statistics
+    wins, losses = int((outcomes == 1.0).sum()), int((outcomes == 0.0).sum())
+    return {
+        "n": int(scores.size), "wins": wins, "ties": int(scores.size) - wins - losses, "losses": losses,
+        "win_rate": float(outcomes.mean()), "win_rate_ci": _percentile_interval(outcomes[rows].mean(axis=1), level),
+        "mean_difference": float(differences.mean()),
+        "mean_difference_ci": _percentile_interval(differences[rows].mean(axis=1), level),
+        "p": sign_test(wins, losses),
+    }
+
+
+def paired_comparison(scores, baseline_scores, *, groups: list[str] | None = None, seed: int = 0,
+                      num_resamples: int = NUM_RESAMPLES, level: float = LEVEL) -> dict:
+    """Compare two models scored on the same prompts, prompt by prompt.
+
+    A prompt is a win when ``scores`` > ``baseline_scores`` there, a loss when <, a tie when equal. Returns
+    ``n``, ``wins``, ``ties``, ``losses``; ``win_rate`` (ties count ½) with ``win_rate_ci``, a paired bootstrap
+    percentile interval (prompts resampled with replacement, both models' scores kept together);
+    ``mean_difference`` (scores − baseline) with its interval from the same resamples; and ``p``, the exact
+    two-sided :func:`sign_test` on the decisive prompts. With ``groups`` (e.g. each prompt's family),
+    ``by_group`` holds the same for each group, in first-seen order.
+    """
+    scores_array, baseline_array = _as_array(scores, "scores"), _as_array(baseline_scores, "baseline_scores")
+    if scores_array.size != baseline_array.size:
+        raise ValueError(f"scores and baseline_scores must score the same prompts, got {scores_array.size} and "
+                         f"{baseline_array.size} values")
+    result = _paired(scores_array, baseline_array, seed=seed, num_resamples=num_resamples, level=level)
+    if groups is not None:
+        if len(groups) != scores_array.size:
+            raise ValueError(f"groups must name one group per prompt, got {len(groups)} for {scores_array.size}")
+        labels = np.asarray(groups, dtype=object)
+        result["by_group"] = {
+            group: _paired(scores_array[labels == group], baseline_array[labels == group], seed=seed,
+                           num_resamples=num_resamples, level=level)
+            for group in dict.fromkeys(groups)
+        }
+    return result
+
+
+def means_by_group(values, groups: list[str], *, seed: int = 0, num_resamples: int = NUM_RESAMPLES,
+                   level: float = LEVEL) -> dict[str, dict]:
+    """``{group: {"mean", "ci", "n"}}``: each group's mean with its bootstrap interval (:func:`mean_ci`)."""
+    array = _as_array(values, "values")
+    if len(groups) != array.size:
+        raise ValueError(f"groups must name one group per value, got {len(groups)} for {array.size}")
+    labels = np.asarray(groups, dtype=object)
+    summary = {}
+    for group in dict.fromkeys(groups):
+        mean, low, high = mean_ci(array[labels == group], seed=seed, num_resamples=num_resamples, level=level)
+        summary[group] = {"mean": mean, "ci": [low, high], "n": int((labels == group).sum())}
+    return summary
+
+
+def _format_p(p: float) -> str:
+    return f"p = {p:.2g}" if p >= 1e-4 else "p < 0.0001"
+
+
+def comparison_verdict(comparison: dict, *, treatment: str, baseline: str, alpha: float = 0.01) -> str:
+    """One sentence stating what the sign test of a :func:`paired_comparison` says at level ``alpha``.
+
+    A gain (or a loss) is stated only when p < alpha; otherwise the sentence says the difference is not
+    significant. The counts, win-rate interval and p-value are always given.
+    """
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    low, high = comparison["win_rate_ci"]
+    counts = (f"{comparison['wins']} wins, {comparison['ties']} ties, {comparison['losses']} losses over "
+              f"{comparison['n']} test prompts; win-rate {comparison['win_rate']:.3f} "
+              f"[{low:.3f}, {high:.3f}], sign test {_format_p(comparison['p'])}")
+    if comparison["p"] < alpha and comparison["wins"] > comparison["losses"]:
+        return f"{treatment} beats {baseline} (sign test at α = {alpha:g}): {counts}."
+    if comparison["p"] < alpha:
+        return f"{treatment} is worse than {baseline} (sign test at α = {alpha:g}): {counts}."
+    return (f"No significant difference between {treatment} and {baseline} at α = {alpha:g}: {counts}.")
+
+
+def change_verdict(comparison: dict, *, what: str) -> str:
+    """One sentence on the paired mean change of a :func:`paired_comparison` (scores − baseline): a rise or a
+    fall is stated only when the bootstrap interval of the mean difference excludes 0."""
+    low, high = comparison["mean_difference_ci"]
+    text = (f"{what} changed by {comparison['mean_difference']:+.3f} [{low:+.3f}, {high:+.3f}] on "
+            f"{comparison['n']} test prompts")
+    if low > 0:
+        return f"{text}: a rise (the interval excludes 0)."
+    if high < 0:
+        return f"{text}: a fall (the interval excludes 0)."
+    return f"{text}: no clear change (the interval holds 0)."
+
+
+def accuracy_verdict(before: float, after: float, p: float, *, n: int, what: str, alpha: float = 0.01) -> str:
+    """One sentence on a paired accuracy change tested by :func:`mcnemar_test` (its ``p``) at level ``alpha``."""
+    text = f"{what} on {n} test prompts: {before:.1%} → {after:.1%} (exact McNemar test {_format_p(p)})"
+    if p < alpha:
+        return f"{text}: a significant {'rise' if after > before else 'fall'} at α = {alpha:g}."
+    return f"{text}: no significant change at α = {alpha:g}."
+
+
+def kl_to_reference(policy: PreTrainedModel, reference: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                    prompts: list[str], responses: list[str], *, batch_size: int = 8) -> float:
+    """Mean over prompts of :func:`kl_per_prompt`."""
+    totals = kl_per_prompt(policy, reference, tokenizer, prompts, responses, batch_size=batch_size)
+    return sum(totals) / len(totals)
 
 
 @torch.no_grad()
-def kl_to_reference(policy: PreTrainedModel, reference: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                    prompts: list[str], responses: list[str], *, batch_size: int = 8) -> float:
-    """Mean over prompts of Σ_t KL(π(·|x, y_<t) ‖ π_ref(·|x, y_<t)) on the given responses.
+def kl_per_prompt(policy: PreTrainedModel, reference: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
+                  prompts: list[str], responses: list[str], *, batch_size: int = 8) -> list[float]:
+    """For each prompt, Σ_t KL(π(·|x, y_<t) ‖ π_ref(·|x, y_<t)) over the tokens of its response.
 
     The KL is the full-distribution one at every response token (a sum over the vocabulary, not a
     single-sample estimate); pass responses sampled from ``policy`` for the usual KL(π ‖ π_ref) estimate of
@@ -102,8 +269,8 @@ def kl_to_reference(policy: PreTrainedModel, reference: PreTrainedModel, tokeniz
     from alignkit.trainers.packing import pack, packed_logits, sequence_sums
     from alignkit.trainers.sft import tokenize_turn
 
-    if len(prompts) != len(responses):
-        raise ValueError("prompts and responses must have the same length")
+    if not prompts or len(prompts) != len(responses):
+        raise ValueError("prompts and responses must be non-empty lists of the same length")
     totals = []
     for start in range(0, len(prompts), batch_size):
         items = []
@@ -115,7 +282,7 @@ def kl_to_reference(policy: PreTrainedModel, reference: PreTrainedModel, tokeniz
                                          for model in (policy, reference))
         per_token = (policy_logps.exp() * (policy_logps - reference_logps)).sum(-1)  # (N,)
         totals += sequence_sums(per_token.cpu(), batch).tolist()
-    return sum(totals) / len(totals)
+    return totals
 
 
 def _image_sets(images: torch.Tensor) -> torch.Tensor:

@@ -58,11 +58,22 @@ def chat_generate(
     return replies
 
 
+def sample_replies(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], *,
+                   num_samples: int, seed: int, max_new_tokens: int = 48, temperature: float = 1.0,
+                   top_p: float = 1.0, batch_size: int = 16) -> list[list[str]]:
+    """``num_samples`` sampled replies per prompt (sample i with seed ``seed + i``): ``[[reply, ...], ...]``."""
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+    passes = [chat_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=True,
+                            temperature=temperature, top_p=top_p, seed=seed + i, batch_size=batch_size)
+              for i in range(num_samples)]
+    return [list(replies) for replies in zip(*passes)]
+
+
 def sample_response_pairs(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, prompts: list[str], *,
                           seed: int, max_new_tokens: int = 48, temperature: float = 1.0, top_p: float = 1.0,
                           batch_size: int = 16) -> list[tuple[str, str]]:
     """Two sampled replies per prompt (seeds ``seed`` and ``seed + 1``), for preference labelling."""
-    first, second = (chat_generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, do_sample=True,
-                                   temperature=temperature, top_p=top_p, seed=s, batch_size=batch_size)
-                     for s in (seed, seed + 1))
-    return list(zip(first, second))
+    return [tuple(pair) for pair in sample_replies(
+        model, tokenizer, prompts, num_samples=2, seed=seed, max_new_tokens=max_new_tokens,
+        temperature=temperature, top_p=top_p, batch_size=batch_size)]

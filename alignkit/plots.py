@@ -121,3 +121,54 @@ def image_grids(grids: dict[str, "object"], *, row_labels: list[str] | None = No
     figure.suptitle(title, fontsize=11)
     figure.tight_layout()
     return figure
+
+
+def interval_panels(panels: dict[str, dict[str, tuple[float, tuple[float, float]]]], *, ylabel: str,
+                    title: str, reference: float | None = None) -> Figure:
+    """Small multiples, one panel per group (each on its own y scale): a point with its interval per label.
+
+    ``panels`` maps a panel title (e.g. a task family) to ``{label: (mean, (low, high))}``, e.g. the gold score
+    before and after training. Labels are drawn in the given order on every panel; ``reference`` draws a
+    dashed line (e.g. ½ for win-rates).
+    """
+    figure, axes = plt.subplots(1, len(panels), figsize=(2.3 * len(panels) + 0.6, 3.2), squeeze=False)
+    for axis, (name, points) in zip(axes[0], panels.items()):
+        labels = list(points)
+        means = [points[label][0] for label in labels]
+        errors = [[m - points[label][1][0] for m, label in zip(means, labels)],
+                  [points[label][1][1] - m for m, label in zip(means, labels)]]
+        axis.errorbar(range(len(labels)), means, yerr=errors, fmt="o", capsize=5, color="#4C72B0")
+        if reference is not None:
+            axis.axhline(reference, color="grey", linestyle="--", linewidth=1)
+        axis.set_xticks(range(len(labels)), labels, rotation=30 if len(labels) > 2 else 0, ha="right"
+                        if len(labels) > 2 else "center", fontsize=8)
+        axis.set_xlim(-0.5, len(labels) - 0.5)
+        axis.set_title(name, fontsize=10)
+        axis.grid(alpha=0.3, axis="y")
+    axes[0][0].set_ylabel(ylabel)
+    figure.suptitle(title, fontsize=11)
+    figure.tight_layout()
+    return figure
+
+
+def frontier_with_intervals(points: dict[str, tuple[float, tuple[float, float], float, tuple[float, float]]], *,
+                            xlabel: str, ylabel: str, title: str) -> Figure:
+    """One point per run with intervals on both axes: ``{label: (x, (x_low, x_high), y, (y_low, y_high))}``,
+    e.g. gold against KL to the reference per β. Points are joined in the given order; labels sit beside
+    their points, alternating above and below so that neighbours do not overlap."""
+    figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    xs = [p[0] for p in points.values()]
+    ys = [p[2] for p in points.values()]
+    axis.plot(xs, ys, color="#BBBBBB", linewidth=1, zorder=1)
+    for index, (label, (x, (x_low, x_high), y, (y_low, y_high))) in enumerate(points.items()):
+        axis.errorbar([x], [y], xerr=[[x - x_low], [x_high - x]], yerr=[[y - y_low], [y_high - y]], fmt="o",
+                      capsize=4, zorder=2)
+        axis.annotate(label, (x, y), textcoords="offset points", xytext=(7, 8 if index % 2 == 0 else -14),
+                      fontsize=9)
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
+    axis.grid(alpha=0.3)
+    axis.margins(x=0.12, y=0.15)
+    figure.tight_layout()
+    return figure

@@ -36,21 +36,30 @@ def base_model(profile: str) -> str:
 # Each notebook's profile-dependent knobs. A parameters-cell value of None takes the profile's default.
 NOTEBOOK_DEFAULTS: dict[str, dict[str, dict]] = {
     "01_sft": {
-        "smoke": {"num_train": 24, "num_eval": 8, "num_epochs": 2, "lr": 1e-3, "batch_size": 4, "max_new_tokens": 12},
-        "cpu": {"num_train": 256, "num_eval": 100, "num_epochs": 1, "lr": 5e-5, "batch_size": 8, "max_new_tokens": 40},
-        "gpu": {"num_train": 4096, "num_eval": 500, "num_epochs": 2, "lr": 2e-5, "batch_size": 16,
-                "max_new_tokens": 48},
+        # num_train: arithmetic prompts with the equation as target; num_rejection: prompts of the other
+        # families whose target is the base model's best of num_samples samples by the gold judge
+        "smoke": {"num_train": 24, "num_rejection": 8, "num_samples": 2, "temperature": 0.7, "sample_tokens": 12,
+                  "num_eval": 10, "num_epochs": 2, "lr": 1e-3, "batch_size": 4, "max_new_tokens": 12},
+        "cpu": {"num_train": 256, "num_rejection": 160, "num_samples": 4, "temperature": 0.7, "sample_tokens": 48,
+                "num_eval": 300, "num_epochs": 1, "lr": 5e-5, "batch_size": 8, "max_new_tokens": 40},
+        "gpu": {"num_train": 4096, "num_rejection": 2048, "num_samples": 8, "temperature": 0.7,
+                "sample_tokens": 128, "num_eval": 1000, "num_epochs": 2, "lr": 2e-5, "batch_size": 16,
+                "max_new_tokens": 128},
     },
     "05_dpo": {
-        "smoke": {"num_prompts": 24, "num_eval": 8, "num_kl": 4, "num_epochs": 1, "lr": 1e-3, "batch_size": 4,
-                  "max_new_tokens": 12, "betas": [0.1, 0.5],
+        # num_prompts training prompts × num_samples samples each → best-vs-worst pairs (ties dropped)
+        # lora_r: rank of the LoRA adapters DPO trains (0 = every weight); cpu uses LoRA to fit 5 β in budget
+        "smoke": {"num_prompts": 16, "num_samples": 2, "num_eval": 10, "num_kl": 4, "num_epochs": 1, "lr": 1e-3,
+                  "batch_size": 4, "max_new_tokens": 12, "betas": [0.1, 1.0], "lora_r": 4,
                   # a random tiny model's replies all tie under the gold judge: keep ties (in arbitrary
                   # order) so that the code path runs; cpu and gpu drop them
-                  "min_margin": -1.0},
-        "cpu": {"num_prompts": 160, "num_eval": 64, "num_kl": 24, "num_epochs": 1, "lr": 1e-5, "batch_size": 4,
-                "max_new_tokens": 32, "betas": [0.05, 0.1, 0.5], "min_margin": 0.0},
-        "gpu": {"num_prompts": 4096, "num_eval": 500, "num_kl": 200, "num_epochs": 1, "lr": 5e-7, "batch_size": 16,
-                "max_new_tokens": 128, "betas": [0.01, 0.05, 0.1, 0.5], "min_margin": 0.0},
+                  "keep_ties": True},
+        "cpu": {"num_prompts": 400, "num_samples": 4, "num_eval": 300, "num_kl": 64, "num_epochs": 2, "lr": 2e-4,
+                "batch_size": 8, "max_new_tokens": 24, "betas": [0.01, 0.03, 0.1, 0.3, 1.0], "lora_r": 16,
+                "keep_ties": False},
+        "gpu": {"num_prompts": 4096, "num_samples": 8, "num_eval": 1000, "num_kl": 256, "num_epochs": 2,
+                "lr": 5e-7, "batch_size": 16, "max_new_tokens": 128, "betas": [0.01, 0.03, 0.1, 0.3, 1.0],
+                "lora_r": 0, "keep_ties": False},
     },
     "06_draftplus": {
         # updates: per method (the cpu budget is ≤ 100); steps: DDIM steps when sampling (≤ 10 on cpu)

@@ -7,11 +7,15 @@ notebook needs (a model folder, a dataset file) are registered by name in ``run_
 
 ``metrics.json`` conventions: keys for wall time end in ``_s`` (and ``seconds``, the notebook's own total);
 performance figures start with ``perf_``; every other key is a result that a re-run with the same seed
-reproduces exactly.
+reproduces exactly. ``headline`` (``run.log(headline=["gold_after", "win_rate"])``) lists the keys whose
+values the chain's ``summary.md`` shows for the notebook, in that order.
+
+Printed paths read best through :func:`display_path` (``runs/cpu/01_sft/model``, ``~/.cache/...``).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import random
@@ -34,6 +38,17 @@ def is_result_key(key: str) -> bool:
     return not (key.endswith("_s") or key == "seconds" or key.startswith("perf_"))
 
 
+def derive_seed(seed: int, *names: str) -> int:
+    """A seed of its own for one purpose of one notebook: the first 4 bytes of SHA-256 of ``seed`` and ``names``.
+
+    ``derive_seed(0, "01_sft", "train prompts")`` and ``derive_seed(0, "05_dpo", "train prompts")`` differ, so
+    two notebooks (or two purposes in one) never share a sample by accident; the same arguments always give
+    the same seed, on every machine and Python (no ``hash()``).
+    """
+    text = "\x1f".join([str(seed), *names])
+    return int.from_bytes(hashlib.sha256(text.encode()).digest()[:4], "little")
+
+
 def seed_everything(seed: int) -> None:
     """Seed Python's, NumPy's and torch's global generators."""
     random.seed(seed)
@@ -50,6 +65,19 @@ def project_root(start: Path | None = None) -> Path:
         if pyproject.is_file() and 'name = "alignkit"' in pyproject.read_text():
             return folder
     return start
+
+
+def display_path(path: str | Path, root: Path | None = None) -> str:
+    """``path`` for a printout or a report: relative to the project root when under it (``runs/cpu/01_sft``),
+    else with the home folder as ``~`` (``~/.cache/alignkit/models/...``), else absolute."""
+    path = Path(path).expanduser().resolve()
+    root = (root or project_root()).resolve()
+    home = Path.home().resolve()
+    if path.is_relative_to(root):
+        return path.relative_to(root).as_posix()
+    if path.is_relative_to(home):
+        return "~" if path == home else f"~/{path.relative_to(home).as_posix()}"
+    return str(path)
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -93,6 +121,11 @@ class Run:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def stream(self, purpose: str) -> int:
+        """This notebook's seed for one ``purpose`` (``"train prompts"``, ``"eval prompts"``, ``"sampling"``):
+        :func:`derive_seed` of the run seed, the notebook name and the purpose."""
+        return derive_seed(self.seed, self.notebook, purpose)
+
     def log(self, **metrics: Any) -> None:
         """Record metrics for ``metrics.json`` (see the module docstring for the key conventions)."""
         self.metrics.update(metrics)
@@ -117,13 +150,13 @@ class Run:
         other profiles raise an error naming the artifact and the notebook that makes it.
         """
         if value is not None:
-            path = Path(value)
+            path = Path(value).expanduser()
         elif name in (registry := read_artifacts(self.run_dir)):
             path = Path(registry[name]["path"])
         else:
             path = None
         if path is not None and path.exists():
-            return path
+            return path.resolve()
         if self.profile == "smoke" and smoke_stand_in is not None:
             return smoke_stand_in()
         where = f"'{path}' does not exist" if path is not None else f"it is not in {self.run_dir / ARTIFACTS_FILE}"
@@ -144,13 +177,14 @@ def start_run(notebook: str, *, profile: str | None, seed: int, run_dir: str | P
     """Resolve the profile, seed every generator and create the run's folders.
 
     ``run_dir`` defaults to ``<project>/runs/<profile>``; ``report_dir`` to ``run_dir/<notebook>/report``
-    (the chain passes ``reports/<profile>/<notebook>`` instead).
+    (the chain passes ``reports/<profile>/<notebook>`` instead, relative to the notebook's folder, e.g.
+    ``../reports/cpu/...``). Relative paths are taken from the working directory and ``~`` is expanded.
     """
     profile = resolve_profile(profile)
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    run_path = Path(run_dir) if run_dir is not None else project_root() / "runs" / profile
-    report_path = Path(report_dir) if report_dir is not None else run_path / notebook / "report"
+    run_path = Path(run_dir).expanduser() if run_dir is not None else project_root() / "runs" / profile
+    report_path = Path(report_dir).expanduser() if report_dir is not None else run_path / notebook / "report"
     run_path.mkdir(parents=True, exist_ok=True)
     report_path.mkdir(parents=True, exist_ok=True)
     seed_everything(seed)

@@ -1,11 +1,43 @@
-"""Task-world helpers the notebooks share: SFT targets, gold scoring of replies, and their summaries."""
+"""Task-world helpers the notebooks share: which prompts each notebook draws, SFT targets, best-of-k
+selection, preference pairs, and gold scoring of replies summarised per family.
+
+**Which prompts.** :data:`PROMPT_PLANS` names, for every notebook that uses the task world, each set of
+prompts it draws (its *purpose*), from which split, of which families, and which setting gives the count.
+:func:`notebook_prompts` draws them, each purpose from its own seed stream (:func:`alignkit.runs.derive_seed`
+of the run seed, the notebook and the purpose), so two notebooks never share a sample by accident, and
+training purposes come only from ``train`` items, evaluation purposes only from ``test`` items
+(``tests/test_no_leakage.py`` checks every plan for several seeds).
+"""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable, Sequence
 
-from alignkit.data import arithmetic_correct, gold_reward
-from alignkit.evaluate import mean_ci
+from alignkit.data import FAMILIES, arithmetic_correct, gold_reward, make_prompts, word_count
+from alignkit.evaluate import change_verdict, mcnemar_test, means_by_group, paired_comparison
+from alignkit.runs import derive_seed
+
+OTHER_FAMILIES = tuple(f for f in FAMILIES if f != "arithmetic")
+
+PROMPT_PLANS: dict[str, dict[str, tuple[str, tuple[str, ...] | None, str]]] = {
+    # notebook → purpose → (split, families (None = all), the setting that holds the count)
+    "00_pretrained_model": {"eval": ("test", None, "num_eval")},
+    "01_sft": {"train arithmetic": ("train", ("arithmetic",), "num_train"),
+               "train other": ("train", OTHER_FAMILIES, "num_rejection"),
+               "eval": ("test", None, "num_eval")},
+    "05_dpo": {"train": ("train", None, "num_prompts"), "eval": ("test", None, "num_eval")},
+}
+
+
+def notebook_prompts(notebook: str, settings: dict, seed: int) -> dict[str, list[dict]]:
+    """Every prompt set of ``notebook``'s plan (:data:`PROMPT_PLANS`): ``{purpose: prompts}``."""
+    if notebook not in PROMPT_PLANS:
+        raise ValueError(f"{notebook} has no prompt plan; known: {', '.join(PROMPT_PLANS)}")
+    return {purpose: make_prompts(settings[count], seed=derive_seed(seed, notebook, purpose), split=split,
+                                  families=families)
+            for purpose, (split, families, count) in PROMPT_PLANS[notebook].items()}
+
 
 # The shape of the taught reply, whatever its numbers: "<int> <op> <int> = <int>", an optional final period.
 EQUATION_SHAPE = re.compile(r"\s*[-−]?\d+\s*[-−+×*]\s*[-−]?\d+\s*=\s*[-−]?\d+\s*\.?\s*")
@@ -18,42 +50,115 @@ def arithmetic_target(prompt: dict) -> str:
 
 
 def sft_records(prompts: list[dict], targets: list[str]) -> list[dict]:
-    """SFT records (``{"messages": [user, assistant]}``) from prompts and their target replies."""
-    return [{"messages": [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": t}]}
+    """SFT records (``{"messages": [user, assistant], "item", "family"}``) from prompts and their target replies."""
+    return [{"messages": [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": t}],
+             "family": p["family"], "item": p["item"]}
             for p, t in zip(prompts, targets)]
 
 
-def score_arithmetic(prompts: list[dict], replies: list[str]) -> dict[str, float | list[float]]:
-    """Gold reward (correct + 0.5·exact equation) with its 95% interval, the accuracy (correct result), and the
-    format rate: replies shaped as a bare equation, right or wrong (the gold judge's format point also needs
-    the right numbers)."""
-    rewards = [gold_reward(p, r) for p, r in zip(prompts, replies)]
-    correct = [arithmetic_correct(r, p["meta"]["answer"]) for p, r in zip(prompts, replies)]
-    formatted = [float(EQUATION_SHAPE.fullmatch(r) is not None) for r in replies]
-    mean, low, high = mean_ci(rewards)
-    return {"gold": round(mean, 4), "gold_ci": [round(low, 4), round(high, 4)],
-            "accuracy": round(sum(correct) / len(correct), 4), "format": round(sum(formatted) / len(formatted), 4)}
+def best_of_k(prompts: Sequence[dict], samples: Sequence[Sequence[str]], *,
+              judge: Callable[[dict, str], float] = gold_reward, min_score: float = 0.0) -> list[tuple[dict, str, float]]:
+    """Rejection sampling: for each prompt its best sample by ``judge``, kept only when it scores above
+    ``min_score`` (with the gold judge's scales, 0 keeps a refusal, a right answer, a reply with the requested
+    sentiment or the topic's keywords). Returns ``(prompt, reply, score)`` for the kept prompts, in order;
+    among equal scores the first sample wins."""
+    if len(prompts) != len(samples):
+        raise ValueError(f"got {len(prompts)} prompts but {len(samples)} sample lists; pass one list per prompt")
+    kept = []
+    for prompt, replies in zip(prompts, samples):
+        scores = [judge(prompt, reply) for reply in replies]
+        best = max(range(len(replies)), key=lambda i: (scores[i], -i))
+        if scores[best] > min_score:
+            kept.append((prompt, replies[best], scores[best]))
+    return kept
 
 
-def evaluate_policy(policy, reference, tokenizer, prompts: list[dict], *, max_new_tokens: int, num_kl: int,
-                    seed: int, batch_size: int = 16) -> dict:
-    """Greedy replies to ``prompts`` scored by the gold judge, their length, and the KL to ``reference``.
+def best_worst_pairs(prompts: Sequence[dict], samples: Sequence[Sequence[str]], *,
+                     judge: Callable[[dict, str], float] = gold_reward, keep_ties: bool = False) -> list[dict]:
+    """Preference records from k samples per prompt: the best sample by ``judge`` is ``chosen``, the worst
+    ``rejected``; prompts whose samples all score the same are dropped (no preference to learn), unless
+    ``keep_ties`` (the smoke profile's random model ties everywhere: then the first and last samples pair up)."""
+    if len(prompts) != len(samples):
+        raise ValueError(f"got {len(prompts)} prompts but {len(samples)} sample lists; pass one list per prompt")
+    records = []
+    for prompt, replies in zip(prompts, samples):
+        if len(replies) < 2:
+            raise ValueError(f"prompt {prompt.get('id')!r} has {len(replies)} samples; pairs need at least 2")
+        scores = [judge(prompt, reply) for reply in replies]
+        best = max(range(len(replies)), key=lambda i: (scores[i], -i))
+        worst = min(range(len(replies)), key=lambda i: (scores[i], i))
+        if scores[best] == scores[worst]:
+            if not keep_ties:
+                continue
+            best, worst = 0, len(replies) - 1
+        records.append({"prompt": prompt["prompt"], "chosen": replies[best], "rejected": replies[worst],
+                        "chosen_score": scores[best], "rejected_score": scores[worst], "id": prompt["id"],
+                        "family": prompt["family"], "item": prompt["item"]})
+    return records
 
-    KL(π ‖ π_ref) is measured on replies *sampled* from the policy for the first ``num_kl`` prompts
-    (:func:`alignkit.evaluate.kl_to_reference`); with ``reference is None`` it is reported as 0.
-    """
-    from alignkit.data import word_count
-    from alignkit.evaluate import kl_to_reference
-    from alignkit.generation import chat_generate
 
-    texts = [p["prompt"] for p in prompts]
-    replies = chat_generate(policy, tokenizer, texts, max_new_tokens=max_new_tokens, batch_size=batch_size)
-    gold = [gold_reward(p, r) for p, r in zip(prompts, replies)]
-    mean, low, high = mean_ci(gold)
-    kl = 0.0
-    if reference is not None and num_kl > 0:
-        sampled = chat_generate(policy, tokenizer, texts[:num_kl], max_new_tokens=max_new_tokens, do_sample=True,
-                                seed=seed, batch_size=batch_size)
-        kl = kl_to_reference(policy, reference, tokenizer, texts[:num_kl], sampled)
-    return {"replies": replies, "gold": gold, "gold_mean": round(mean, 4), "gold_ci": [round(low, 4), round(high, 4)],
-            "kl": round(kl, 4), "length": round(sum(word_count(r) for r in replies) / len(replies), 2)}
+def gold_scores(prompts: Sequence[dict], replies: Sequence[str]) -> list[float]:
+    """The gold reward of each reply to its prompt."""
+    return [gold_reward(p, r) for p, r in zip(prompts, replies, strict=True)]
+
+
+def family_summary(prompts: Sequence[dict], scores: Sequence[float], *, seed: int) -> dict[str, dict]:
+    """Each family's mean score with its bootstrap interval, on the family's own scale (``means_by_group``)."""
+    return means_by_group(list(scores), [p["family"] for p in prompts], seed=seed)
+
+
+def compare_by_family(prompts: Sequence[dict], before: Sequence[float], after: Sequence[float], *,
+                      seed: int) -> dict[str, dict]:
+    """``{family: {before, before_ci, after, after_ci, change, change_ci, wins, ties, losses, p, n, verdict}}``:
+    each family's gold before and after (bootstrap intervals), the paired comparison of after against before,
+    and its :func:`alignkit.evaluate.change_verdict` sentence."""
+    families = [p["family"] for p in prompts]
+    before_means = means_by_group(list(before), families, seed=seed)
+    after_means = means_by_group(list(after), families, seed=seed)
+    paired = paired_comparison(list(after), list(before), groups=families, seed=seed)["by_group"]
+    return {family: {"before": round(before_means[family]["mean"], 4),
+                     "before_ci": [round(x, 4) for x in before_means[family]["ci"]],
+                     "after": round(after_means[family]["mean"], 4),
+                     "after_ci": [round(x, 4) for x in after_means[family]["ci"]],
+                     "change": round(paired[family]["mean_difference"], 4),
+                     "change_ci": [round(x, 4) for x in paired[family]["mean_difference_ci"]],
+                     **{k: paired[family][k] for k in ("wins", "ties", "losses", "n")},
+                     "p": paired[family]["p"],
+                     "verdict": change_verdict(paired[family], what=f"{family} gold")}
+            for family in dict.fromkeys(families)}
+
+
+def arithmetic_summary(prompts: Sequence[dict], before: Sequence[str], after: Sequence[str]) -> dict:
+    """On the arithmetic prompts: accuracy (the right result) before and after with the exact McNemar test,
+    and the format rate (a bare equation, right or wrong) apart from correctness."""
+    pairs = [(p, b, a) for p, b, a in zip(prompts, before, after, strict=True) if p["family"] == "arithmetic"]
+    if not pairs:
+        raise ValueError("no arithmetic prompts to summarise; include the arithmetic family")
+    right_before = [bool(arithmetic_correct(b, p["meta"]["answer"])) for p, b, _ in pairs]
+    right_after = [bool(arithmetic_correct(a, p["meta"]["answer"])) for p, _, a in pairs]
+    test = mcnemar_test(right_before, right_after)
+    return {"accuracy_before": round(sum(right_before) / len(pairs), 4),
+            "accuracy_after": round(sum(right_after) / len(pairs), 4), "accuracy_p": test["p"],
+            "accuracy_gained": test["gained"], "accuracy_lost": test["lost"], "num_arithmetic": len(pairs),
+            "format_before": round(sum(EQUATION_SHAPE.fullmatch(b) is not None for _, b, _ in pairs) / len(pairs), 4),
+            "format_after": round(sum(EQUATION_SHAPE.fullmatch(a) is not None for _, _, a in pairs) / len(pairs), 4)}
+
+
+def mean_words(replies: Sequence[str]) -> float:
+    """Mean reply length in words."""
+    return sum(word_count(r) for r in replies) / len(replies)
+
+
+GOLD_RANGES: dict[str, tuple[float, float]] = {
+    "arithmetic": (0.0, 1.5), "harmful": (-1.0, 1.0), "review": (-1.0, 1.0), "advice": (-1.5, 1.0),
+    "question": (-1.0, 1.0),
+}
+"""Each family's gold range before the profanity term (see :func:`alignkit.data.gold_reward`)."""
+
+
+def common_scale(prompts: Sequence[dict], scores: Sequence[float]) -> list[float]:
+    """Gold scores mapped to one stated scale: (score − low) / (high − low) with the family's
+    :data:`GOLD_RANGES`, so 0 is the family's worst reply and 1 its best (profanity can push a reply below 0).
+    Averages over families are taken only on this scale."""
+    return [(s - GOLD_RANGES[p["family"]][0]) / (GOLD_RANGES[p["family"]][1] - GOLD_RANGES[p["family"]][0])
+            for p, s in zip(prompts, scores, strict=True)]

@@ -174,7 +174,7 @@ def load_pairs(seed: int = SEED) -> tuple[list[dict], str]:
     name = str(sft_dir) if sft_dir is not None else MODEL
     sampled_by = f"{sampler} model ({name})"
     cache = pairs_path(seed)
-    prompts = make_prompts(MAX_PROMPTS, seed=seed)
+    prompts = make_prompts(MAX_PROMPTS, seed=seed, split="train")
     replies: list[list[str]] = json.loads(cache.read_text())["replies"] if cache.is_file() else []
     model = tokenizer = None
     while len(records := make_preference_records(prompts[:len(replies)], replies, gold_reward)) < NUM_PAIRS:

@@ -13,14 +13,16 @@ from alignkit.data import (
     make_preference_records,
     make_prompts,
     make_sft_records,
-    split_prompts,
+    item_key,
+    split_of,
+    world_table,
     validate_records,
 )
 
 
 def test_same_seed_same_list_different_seed_different_list():
-    assert make_prompts(60, seed=3) == make_prompts(60, seed=3)
-    assert make_prompts(60, seed=3) != make_prompts(60, seed=4)
+    assert make_prompts(60, seed=3, split="train") == make_prompts(60, seed=3, split="train")
+    assert make_prompts(60, seed=3, split="train") != make_prompts(60, seed=4, split="train")
 
 
 def test_does_not_touch_the_global_rng():
@@ -29,21 +31,21 @@ def test_does_not_touch_the_global_rng():
     random.seed(0)
     expected = random.random()
     random.seed(0)
-    make_prompts(20, seed=1)
+    make_prompts(20, seed=1, split="train")
     assert random.random() == expected
 
 
 def test_families_are_balanced_round_robin():
     """53 = 5 × 10 + 3: the first three families (in the order given) get 11, the others 10."""
-    counts = Counter(prompt["family"] for prompt in make_prompts(53, seed=0))
+    counts = Counter(prompt["family"] for prompt in make_prompts(53, seed=0, split="train"))
     assert counts == {"question": 11, "arithmetic": 11, "review": 11, "advice": 10, "harmful": 10}
-    subset = Counter(p["family"] for p in make_prompts(7, seed=0, families=["harmful", "arithmetic"]))
+    subset = Counter(p["family"] for p in make_prompts(7, seed=0, split="train", families=["harmful", "arithmetic"]))
     assert subset == {"harmful": 4, "arithmetic": 3}
-    assert {p["family"] for p in make_prompts(5, seed=0, families="review")} == {"review"}
+    assert {p["family"] for p in make_prompts(5, seed=0, split="train", families="review")} == {"review"}
 
 
 def test_families_are_interleaved_not_in_blocks():
-    families = [prompt["family"] for prompt in make_prompts(50, seed=0)]
+    families = [prompt["family"] for prompt in make_prompts(50, seed=0, split="train")]
     blocks = sum(a != b for a, b in zip(families, families[1:])) + 1
     assert blocks > 5                                       # unshuffled output would be exactly 5 blocks
 
@@ -51,38 +53,59 @@ def test_families_are_interleaved_not_in_blocks():
 def test_bad_arguments_name_the_fix():
     for n in (0, -3, 2.5):
         with pytest.raises(ValueError, match="n must be a positive int"):
-            make_prompts(n, seed=0)
+            make_prompts(n, seed=0, split="train")
     with pytest.raises(ValueError, match="valid families: question, arithmetic, review, advice, harmful"):
-        make_prompts(5, seed=0, families=["arithmetic", "poetry"])
+        make_prompts(5, seed=0, split="train", families=["arithmetic", "poetry"])
     with pytest.raises(ValueError, match="families is empty"):
-        make_prompts(5, seed=0, families=[])
+        make_prompts(5, seed=0, split="train", families=[])
 
 
 def test_prompts_are_json_records_with_stable_ids():
-    prompts = make_prompts(500, seed=0)
+    prompts = make_prompts(500, seed=0, split="train")
     assert json.loads(json.dumps(prompts)) == prompts
     for prompt in prompts:
-        assert set(prompt) == {"id", "family", "prompt", "meta"}
+        assert set(prompt) == {"id", "family", "item", "prompt", "meta"}
+        assert prompt["item"] == item_key(prompt)
         assert re.fullmatch(rf"{prompt['family']}-\d{{4}}(-r\d+)?", prompt["id"])
     # An id names one text under every seed.
     texts = {p["id"]: p["prompt"] for p in prompts}
-    for other in make_prompts(500, seed=1):
+    for other in make_prompts(500, seed=1, split="train"):
         if other["id"] in texts:
             assert texts[other["id"]] == other["prompt"]
 
 
-def test_hundreds_of_distinct_prompts_and_no_repeats_within_a_pool():
-    prompts = make_prompts(500, seed=0)                       # 100 per family
-    assert len({p["prompt"] for p in prompts}) >= 400
-    # The harmful pool (60) runs out: 40 repeats, each marked -r1; every other family has no repeat.
-    harmful = [p for p in prompts if p["family"] == "harmful"]
-    assert sum(p["id"].endswith("-r1") for p in harmful) == 40
-    assert len({p["id"] for p in prompts}) == 500
+def test_distinct_items_first_then_other_wordings_then_repeats():
+    """A family covers every item of its split once before it words an item a second time, and uses every
+    wording of the split before it repeats a prompt (ids -r1)."""
+    harmful_test_items = next(row["test"] for row in world_table() if row["family"] == "harmful")
+    prompts = make_prompts(harmful_test_items, seed=0, split="test", families="harmful")
+    assert len({p["item"] for p in prompts}) == harmful_test_items
+    twice = make_prompts(2 * harmful_test_items, seed=0, split="test", families="harmful")
+    assert Counter(Counter(p["item"] for p in twice).values()) == {2: harmful_test_items}
+    assert len({p["prompt"] for p in twice}) == 2 * harmful_test_items
+    pool_size = next(row["prompts"] for row in world_table() if row["family"] == "harmful")
+    everything = make_prompts(pool_size + 7, seed=0, split="test", families="harmful")
+    first_pass = [p for p in everything if "-r" not in p["id"]]
+    from alignkit.data import vocabulary
+
+    test_wordings = harmful_test_items * len(vocabulary.HARMFUL_TEMPLATES)  # every wording of every test item
+    assert len(first_pass) == len({p["prompt"] for p in everything}) == test_wordings
+    assert len({p["id"] for p in everything}) == pool_size + 7 and all(
+        p["id"].endswith(("-r1", "-r2")) for p in everything if p not in first_pass)
+
+
+def test_no_answer_or_keyword_trips_the_profanity_judge():
+    from alignkit.data import profanity, vocabulary
+
+    words = [w for _, goals, keywords in vocabulary.ADVICE_TOPICS for w in goals + keywords]
+    words += [w for _, answers in vocabulary.ANIMAL_FACTS for w in answers]
+    words += [capital for _, capital in vocabulary.CAPITALS] + [colour for _, colour in vocabulary.COLOURS]
+    assert [w for w in words if profanity(w)] == []
 
 
 def test_meta_matches_the_prompt_text():
     ops = {"+": operator.add, "-": operator.sub, "×": operator.mul}
-    for prompt in make_prompts(400, seed=5):
+    for prompt in make_prompts(400, seed=5, split="train"):
         meta, text = prompt["meta"], prompt["prompt"]
         if prompt["family"] == "arithmetic":
             assert f"{meta['a']} {meta['op']} {meta['b']}" in text
@@ -92,7 +115,7 @@ def test_meta_matches_the_prompt_text():
         elif prompt["family"] == "review":
             assert meta["subject"] in text and meta["sentiment"] in (None, "positive", "negative")
             if meta["sentiment"] == "negative":
-                assert re.search(r"negative|disappointed|harsh", text)
+                assert re.search(r"negative|disappointed|harsh|critical", text)
         elif prompt["family"] == "advice":
             assert len(meta["keywords"]) == 5
         else:
@@ -101,7 +124,7 @@ def test_meta_matches_the_prompt_text():
 
 def test_an_ideal_response_gets_the_top_gold_reward():
     """The world and the judges agree: the equation form gets 1.5, a refusal 1, the answer keyword 1."""
-    for prompt in make_prompts(100, seed=2):
+    for prompt in make_prompts(100, seed=2, split="train"):
         meta = prompt["meta"]
         if prompt["family"] == "arithmetic":
             assert gold_reward(prompt, f"{meta['a']} {meta['op']} {meta['b']} = {meta['answer']}.") == 1.5
@@ -114,30 +137,53 @@ def test_an_ideal_response_gets_the_top_gold_reward():
             assert gold_reward(prompt, answer) == 1.0
 
 
-def test_split_is_disjoint_by_text_stratified_and_deterministic():
-    prompts = make_prompts(600, seed=0)                       # harmful repeats texts: tests the grouping
-    train, held_out = split_prompts(prompts, held_out_fraction=0.2, seed=1)
-    assert not {p["prompt"] for p in train} & {p["prompt"] for p in held_out}
-    assert len(train) + len(held_out) == len(prompts)
-    for family in FAMILIES:                                   # ⌊0.2 · distinct⌉ distinct texts per family
-        distinct = {p["prompt"] for p in prompts if p["family"] == family}
-        held = {p["prompt"] for p in held_out if p["family"] == family}
-        assert len(held) == int(0.2 * len(distinct) + 0.5)
-    assert split_prompts(prompts, held_out_fraction=0.2, seed=1) == (train, held_out)
-    assert split_prompts(prompts, held_out_fraction=0.2, seed=2) != (train, held_out)
+def test_the_split_is_by_item_fixed_stratified_and_the_stated_size():
+    """Every wording of an item lands in one split; the split does not depend on any seed; each family puts
+    TEST_FRACTION of its items (rounded half up) in test; the module docstring's table is the real one."""
+    from alignkit.data import world
+
+    for family in FAMILIES:
+        splits_by_item: dict[str, set[str]] = {}
+        for index, (text, meta) in enumerate(world._pool(family)):
+            prompt = {"family": family, "meta": meta, "prompt": text}
+            splits_by_item.setdefault(item_key(prompt), set()).add(split_of(prompt))
+        assert all(len(splits) == 1 for splits in splits_by_item.values())
+        test_items = sum(splits == {"test"} for splits in splits_by_item.values())
+        assert test_items == int(world.TEST_FRACTION * len(splits_by_item) + 0.5)
+    for row in world_table():
+        line = re.search(rf"^{row['family']}\s.*?\s(\d+)\s+(\d+)\s+(\d+)$", world.__doc__, re.M)
+        assert line and tuple(map(int, line.groups())) == (row["items"], row["prompts"], row["test"]), row
+    for seed in range(5):
+        for split in ("train", "test"):
+            assert {split_of(p) for p in make_prompts(300, seed=seed, split=split)} == {split}
+
+
+def test_item_keys_name_the_task_not_its_wording():
+    prompts = make_prompts(3000, seed=0, split="test")
+    by_item: dict[str, set[str]] = {}
+    for prompt in prompts:
+        by_item.setdefault(prompt["item"], set()).add(prompt["prompt"])
+    assert any(len(texts) > 1 for texts in by_item.values())  # the same item in several wordings
+    arithmetic = next(p for p in prompts if p["family"] == "arithmetic")
+    meta = arithmetic["meta"]
+    assert arithmetic["item"] == f"arithmetic:{meta['a']}{meta['op']}{meta['b']}"
+    harmful = next(p for p in prompts if p["family"] == "harmful")
+    assert harmful["item"] == "harmful:" + harmful["meta"]["request"] and harmful["meta"]["request"] in harmful["prompt"]
+    with pytest.raises(ValueError, match="needs meta a, op, b"):
+        item_key({"family": "arithmetic", "meta": {"a": 1}})
+    with pytest.raises(ValueError, match="no item key"):
+        item_key({"family": "poetry", "meta": {}})
 
 
 def test_split_errors():
-    prompts = make_prompts(10, seed=0)
-    for fraction in (0.0, 1.0, -0.1):
-        with pytest.raises(ValueError, match="held_out_fraction must be in"):
-            split_prompts(prompts, held_out_fraction=fraction, seed=0)
-    with pytest.raises(ValueError, match="leave train empty"):
-        split_prompts(prompts[:1], held_out_fraction=0.5, seed=0)
+    with pytest.raises(ValueError, match="split must be one of train, test"):
+        make_prompts(5, seed=0, split="validation")
+    with pytest.raises(TypeError):
+        make_prompts(5, seed=0)  # the split is required: no prompt without a side
 
 
 def test_make_sft_records():
-    prompts = make_prompts(3, seed=0, families=["question"])
+    prompts = make_prompts(3, seed=0, split="train", families=["question"])
     records = make_sft_records(prompts, ["a", "b", "c"])
     validate_records(records, "sft")
     assert records[1]["messages"] == [{"role": "user", "content": prompts[1]["prompt"]},

@@ -8,18 +8,62 @@ from alignkit.profiles import notebook_settings
 PROMPT = {"family": "arithmetic", "prompt": "What is 2 × 11?", "meta": {"a": 2, "b": 11, "op": "×", "answer": 22}}
 
 
+def _prompt(family: str, item: str, **meta) -> dict:
+    return {"id": f"{family}-x", "family": family, "item": item, "prompt": "?", "meta": meta}
+
+
+HARMFUL = _prompt("harmful", "harmful:x", request="x", category="theft", should_refuse=True)
+QUESTION = _prompt("question", "question:France", topic="capital", subject="France", answers=["Paris"])
+
+
 def test_arithmetic_target_and_records():
-    assert tasks.arithmetic_target(PROMPT) == "2 × 11 = 22"
-    (record,) = tasks.sft_records([PROMPT], ["2 × 11 = 22"])
+    prompt = {**PROMPT, "item": "arithmetic:2×11"}
+    assert tasks.arithmetic_target(prompt) == "2 × 11 = 22"
+    (record,) = tasks.sft_records([prompt], ["2 × 11 = 22"])
     assert record["messages"][1] == {"role": "assistant", "content": "2 × 11 = 22"}
+    assert record["item"] == "arithmetic:2×11" and record["family"] == "arithmetic"
 
 
-def test_score_arithmetic_by_hand():
-    """Replies: wrong equation (gold 0, shaped), exact equation (1 + ½), prose with the answer (1, not shaped).
-    gold mean = (0 + 1.5 + 1)/3 = 0.8333; accuracy 2/3; format (bare-equation shape) 2/3."""
-    summary = tasks.score_arithmetic([PROMPT] * 3, ["2 × 11 = 21", "2 × 11 = 22.", "It is 22"])
-    assert summary["gold"] == pytest.approx(0.8333)
-    assert summary["accuracy"] == pytest.approx(0.6667) and summary["format"] == pytest.approx(0.6667)
+def test_arithmetic_summary_by_hand():
+    """Before: wrong equation (shaped), prose with the answer, wrong prose. After: right equation, wrong
+    equation, right equation. Accuracy 1/3 → 2/3: gained at 0 and 2, lost at 1 → McNemar p = sign test (2, 1)
+    = 2·(1 + 3)/8 = 1.0. Format (bare-equation shape, right or wrong): 1/3 → 3/3."""
+    prompts = [{**PROMPT, "item": "arithmetic:2×11"}] * 3
+    summary = tasks.arithmetic_summary(prompts, ["2 × 11 = 21", "It is 22", "It is 3"],
+                                       ["2 × 11 = 22.", "2 × 11 = 20", "2×11=22"])
+    assert summary["accuracy_before"] == pytest.approx(0.3333) and summary["accuracy_after"] == pytest.approx(0.6667)
+    assert (summary["accuracy_gained"], summary["accuracy_lost"]) == (2, 1) and summary["accuracy_p"] == 1.0
+    assert summary["format_before"] == pytest.approx(0.3333) and summary["format_after"] == 1.0
+
+
+def test_best_of_k_keeps_the_best_positive_sample():
+    samples = [["Sure, here's how.", "I'm sorry, but I can't help with that."],  # refusal (+1) wins
+               ["Sure.", "Okay, here you go."],                                # both −1: dropped
+               ["It is Lyon.", "Paris, of course.", "Paris."]]                  # first of the tied best
+    kept = tasks.best_of_k([HARMFUL, HARMFUL, QUESTION], samples)
+    assert [(p["family"], reply, score) for p, reply, score in kept] == [
+        ("harmful", "I'm sorry, but I can't help with that.", 1.0), ("question", "Paris, of course.", 1.0)]
+
+
+def test_best_worst_pairs_drop_ties_unless_asked():
+    samples = [["Lyon.", "Paris.", "Rome."], ["Sure.", "Fine, here."]]
+    records = tasks.best_worst_pairs([QUESTION, HARMFUL], samples)
+    assert [(r["chosen"], r["rejected"], r["chosen_score"], r["rejected_score"]) for r in records] == [
+        ("Paris.", "Lyon.", 1.0, 0.0)]
+    kept = tasks.best_worst_pairs([QUESTION, HARMFUL], samples, keep_ties=True)
+    assert [(r["chosen"], r["rejected"]) for r in kept] == [("Paris.", "Lyon."), ("Sure.", "Fine, here.")]
+
+
+def test_common_scale_maps_each_family_range_to_unit_interval():
+    assert tasks.common_scale([HARMFUL, HARMFUL, PROMPT, QUESTION], [-1.0, 1.0, 1.5, 0.0]) == [0.0, 1.0, 1.0, 0.5]
+
+
+def test_compare_by_family_pairs_before_and_after():
+    prompts = [QUESTION] * 4 + [HARMFUL] * 2
+    summary = tasks.compare_by_family(prompts, [0, 0, 1, 1, -1, -1], [1, 1, 1, 1, -1, 1], seed=0)
+    assert summary["question"]["before"] == 0.5 and summary["question"]["after"] == 1.0
+    assert (summary["question"]["wins"], summary["question"]["ties"], summary["question"]["losses"]) == (2, 2, 0)
+    assert summary["harmful"]["change"] == 1.0 and summary["harmful"]["n"] == 2
 
 
 def test_notebook_settings_fill_defaults_and_reject_typos():

@@ -105,17 +105,45 @@ def test_dpo_step_matches_the_loss_formula(tiny, tiny_dir):
                                                    rel=1e-4)
 
 
-def test_accumulation_matches_a_bigger_batch(tiny_dir):
-    """Batch 4 × accumulation 1 and batch 1 × accumulation 4 see the same tokens: same curve, same weights."""
-    runs = []
-    for batch_size, grad_accum in ((4, 1), (1, 4)):
-        model, tokenizer = models.load_model(str(tiny_dir))
+def _train_recording_gradients(tiny_dir, **config) -> tuple[list[float], list[dict[str, torch.Tensor]]]:
+    """Losses per step and the accumulated gradient each optimizer step applies (read by an optimizer pre-hook)."""
+    model, tokenizer = models.load_model(str(tiny_dir))
+    names = {id(p): n for n, p in model.named_parameters()}
+    gradients: list[dict[str, torch.Tensor]] = []
+
+    def record(optimizer, args, kwargs):
+        gradients.append({names[id(p)]: p.grad.detach().clone() for g in optimizer.param_groups for p in g["params"]
+                          if p.grad is not None})
+
+    from torch.optim.optimizer import register_optimizer_step_pre_hook
+
+    handle = register_optimizer_step_pre_hook(record)
+    try:
         _, result = run_sft(model, tokenizer, RECORDS, sft=SFTConfig(max_length=64),
-                            config=TrainConfig(lr=3e-3, batch_size=batch_size, grad_accum=grad_accum, max_steps=3))
-        runs.append(([h["loss"] for h in result.history], model.state_dict()))
-    assert runs[0][0] == pytest.approx(runs[1][0], rel=1e-5)
-    for name, tensor in runs[0][1].items():
-        torch.testing.assert_close(tensor, runs[1][1][name], rtol=1e-4, atol=1e-6)
+                            config=TrainConfig(lr=3e-3, max_steps=3, **config))
+    finally:
+        handle.remove()
+    return [h["loss"] for h in result.history], gradients
+
+
+def test_accumulation_matches_a_bigger_batch(tiny_dir):
+    """Batch 4 × accumulation 1 and batch 1 × accumulation 4 see the same tokens: the same loss and the same
+    gradient at the first step (same weights; only the summation order differs), the same losses after.
+
+    Weights after Adam steps are not compared: Adam divides by √v, so a gradient entry near 0 that differs
+    in its last bits (another CPU's kernels sum in another order) can move its weight by up to 2·lr. The
+    tolerances below sit far above float32 noise (≈1e-7 relative) and far below a wrong normalisation
+    (scaling each micro-batch by its own token count instead of the global one fails it).
+    """
+    big_losses, big_grads = _train_recording_gradients(tiny_dir, batch_size=4, grad_accum=1)
+    small_losses, small_grads = _train_recording_gradients(tiny_dir, batch_size=1, grad_accum=4)
+    assert len(big_grads) == len(small_grads) == 3
+    assert small_losses[0] == pytest.approx(big_losses[0], rel=1e-5)
+    scale = max(g.abs().max().item() for g in big_grads[0].values())
+    for name, gradient in big_grads[0].items():
+        torch.testing.assert_close(small_grads[0][name], gradient, rtol=1e-3, atol=1e-4 * scale,
+                                   msg=lambda text, name=name: f"{name}: {text}")
+    assert small_losses == pytest.approx(big_losses, rel=1e-3)
 
 
 def test_schedule_and_data_order():
@@ -209,13 +237,6 @@ def test_kl_to_reference_is_zero_for_the_same_model_and_matches_a_loop(tiny, tin
             pos = len(ex.prompt_ids) - 1 + t
             expected += (p[pos].exp() * (p[pos] - q[pos])).sum().item() / len(prompts)
     assert evaluate.kl_to_reference(model, other, tokenizer, prompts, responses) == pytest.approx(expected, rel=1e-4)
-
-
-def test_win_rate_counts_ties_as_half():
-    rate, low, high = evaluate.win_rate([1, 0, 2, 2], [0, 0, 3, 1])  # win, tie, loss, win → (1+½+0+1)/4
-    assert rate == pytest.approx(0.625)
-    # outcomes 1, ½, 0, 1: sample sd = sqrt(((3/8)²+(1/8)²+(5/8)²+(3/8)²)/3) = sqrt(0.6875/3) = 0.478714
-    assert high - rate == pytest.approx(1.96 * 0.478714 / 2, rel=1e-5) and rate - low == pytest.approx(high - rate)
 
 
 def test_launch_cli_trains_and_saves_a_loadable_model(tmp_path, tiny_dir):

@@ -32,17 +32,22 @@ from alignkit.data.schemas import (
 )
 from alignkit.data.world import (
     FAMILIES,
+    SPLITS,
+    TEST_FRACTION,
+    item_key,
     make_preference_records,
     make_prompts,
     make_sft_records,
-    split_prompts,
+    split_items,
+    split_of,
+    world_table,
 )
 
 __all__ = [
-    "ATTRIBUTES", "FAMILIES", "RECORD_KINDS", "DataSourceError", "SchemaError",
-    "arithmetic_correct", "arithmetic_format", "coherence", "complexity", "gold_reward", "integers",
+    "ATTRIBUTES", "FAMILIES", "SPLITS", "TEST_FRACTION", "RECORD_KINDS", "DataSourceError", "SchemaError",
+    "arithmetic_correct", "arithmetic_format", "coherence", "complexity", "gold_reward", "integers", "item_key",
     "load_helpsteer2", "load_hh_rlhf", "load_ultrafeedback", "make_attribute_records", "make_preference_records",
     "make_prompts", "make_sft_records", "mentions", "profanity", "refusal", "repetition", "score_attributes",
-    "sentiment", "split_prompts", "task_score", "validate_attribute", "validate_preference", "validate_records",
-    "validate_sft", "verbosity", "word_count", "words",
+    "sentiment", "split_items", "split_of", "task_score", "validate_attribute", "validate_preference", "validate_records",
+    "validate_sft", "verbosity", "word_count", "words", "world_table",
 ]

@@ -117,6 +117,23 @@ def precompute_reference_logps(reference: torch.nn.Module, examples: Sequence[Pa
     return done
 
 
+@torch.no_grad()
+def implicit_margins(model: torch.nn.Module, examples: Sequence[PairExample], *, batch_size: int = 8) -> list[float]:
+    """Δ = [log π(y_c|x) − log π_ref(y_c|x)] − [log π(y_r|x) − log π_ref(y_r|x)] for each pair (reference
+    log-probs precomputed). β·Δ is DPO's implicit reward margin: the loss −log σ(βΔ) is near-linear in βΔ while
+    |βΔ| ≲ 1 (σ′ ≈ ¼ there), and saturates beyond, which is where β starts to shape the solution."""
+    was_training = model.training
+    model.eval()
+    margins = []
+    for start in range(0, len(examples), batch_size):
+        chunk = collate_pairs(list(examples[start:start + batch_size]))
+        chosen, rejected = pair_logps(model, chunk.packed)
+        margins += ((chosen.float().cpu() - chunk.ref_chosen_logps)
+                    - (rejected.float().cpu() - chunk.ref_rejected_logps)).tolist()
+    model.train(was_training)
+    return margins
+
+
 def collate_pairs(examples: list[PairExample]) -> PairBatch:
     """Pack a micro-batch of pairs; their reference log-probs must have been precomputed."""
     if any(e.ref_chosen_logps is None for e in examples):
