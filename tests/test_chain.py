@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import nbformat
 import pytest
 
 from alignkit import cli
-from alignkit.chain import ChainError, run_chain, select_notebooks
+from alignkit.chain import (ChainError, export_html, headline_metrics, long_outputs, parameter_path, run_chain,
+                            select_notebooks, slowest_cells, write_summary)
 from alignkit.runs import is_result_key
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
@@ -88,6 +90,96 @@ def test_smoke_chain_gives_identical_metrics_twice(tmp_path):
                         for path in sorted((tmp_path / attempt / "reports").glob("*/metrics.json"))})
     assert metrics[0] == metrics[1]
     assert "00_pretrained_model" in metrics[0] and metrics[0]["00_pretrained_model"]["perplexity"] > 0
+
+
+def test_exported_html_loads_nothing_from_the_network(tmp_path):
+    notebook = nbformat.v4.new_notebook()
+    equation = "The loss: $$\\mathcal{L} = -\\log \\sigma(\\beta x)$$ with $\\beta > 0$."
+    notebook.cells = [nbformat.v4.new_markdown_cell(equation),
+                      nbformat.v4.new_code_cell("1 + 1", execution_count=1, outputs=[
+                          nbformat.v4.new_output("execute_result", data={"text/plain": "2"}, execution_count=1)])]
+    nbformat.write(notebook, tmp_path / "00_math.ipynb")
+    html = export_html(tmp_path / "00_math.ipynb").read_text()
+    assert "\\mathcal{L}" in html and "window.MathJax" in html and "MathJax.Hub" not in html  # MathJax 3, inline
+    loads = re.findall(r"<(?:script|link|img|iframe)\b[^>]*?\b(?:src|href)\s*=\s*[\"']?([^\"' >]+)", html, re.I)
+    assert not [url for url in loads if re.match(r"(https?:)?//", url)], loads
+    assert not re.search(r"@import\s+(url\()?[\"']?(https?:)?//", html)
+
+
+def test_summary_shows_headline_results_and_the_slowest_cells(tmp_path):
+    report = tmp_path / "01_x"
+    report.mkdir()
+    notebook = nbformat.v4.new_notebook()
+    notebook.cells = [nbformat.v4.new_code_cell(PARAMETERS + "num_train = 8\nlr = 0.1\n",
+                                                metadata={"tags": ["parameters"]})]
+    for count, (seconds, source) in enumerate([(0.5, "load()"), (41.25, "# train\nmodel = train(model)"),
+                                               (3.0, "evaluate()"), (7.0, "plot()")], start=2):
+        notebook.cells.append(nbformat.v4.new_code_cell(source, execution_count=count,
+                                                        metadata={"papermill": {"duration": seconds}}))
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(notebook, report / "01_x.ipynb")
+    metrics = {"num_train": 8, "lr": 0.1, "num_eval": 4, "gold_after": 0.6312, "gold_ci": [0.5, 0.7],
+               "train_s": 41.0, "perf_tokens_per_s": 9.0, "note": "a|b", "notebook_wall_s": 52.0}
+    (report / "metrics.json").write_text(json.dumps(metrics))
+    assert headline_metrics(metrics, {"num_train", "lr"}) == [("gold_after", 0.6312), ("note", "a|b")]
+    assert headline_metrics({**metrics, "headline": ["gold_ci", "gold_after", "gone"]}) == [
+        ("gold_ci", [0.5, 0.7]), ("gold_after", 0.6312), ("gone", "?")]
+    assert [(c.execution_count, c.seconds, c.source) for c in slowest_cells(report / "01_x.ipynb")] == [
+        (3, 41.25, "model = train(model)"), (5, 7.0, "plot()"), (4, 3.0, "evaluate()")]
+    row = next(line for line in write_summary(tmp_path, "smoke").read_text().splitlines() if line.startswith("| 01_x"))
+    assert "gold_after=0.6312; note=a\\|b |" in row and "num_train" not in row and "lr=" not in row
+    assert "[3] 41.2 s `model = train(model)`; [5] 7.0 s `plot()`; [4] 3.0 s `evaluate()`" in row
+    metrics["headline"] = ["gold_ci", "gold_after"]
+    (report / "metrics.json").write_text(json.dumps(metrics))
+    row = next(line for line in write_summary(tmp_path, "smoke").read_text().splitlines() if line.startswith("| 01_x"))
+    assert "| gold_ci=[0.5, 0.7]; gold_after=0.6312 |" in row
+
+
+def test_long_outputs_names_cells_past_the_limit(tmp_path):
+    notebook = nbformat.v4.new_notebook()
+    bar = [nbformat.v4.new_output("stream", name="stderr", text=f"\rSFT: {i}/60") for i in range(60)]
+    notebook.cells = [nbformat.v4.new_code_cell("train()", execution_count=1, outputs=bar),
+                      nbformat.v4.new_markdown_cell("text"),
+                      nbformat.v4.new_code_cell("print(rows)", execution_count=2, outputs=[
+                          nbformat.v4.new_output("stream", name="stdout", text="line\n" * 40)]),
+                      nbformat.v4.new_code_cell("plot()", execution_count=3, outputs=[
+                          nbformat.v4.new_output("display_data",
+                                                 data={"image/png": "iVBOR", "text/plain": "x\n" * 99})])]
+    path = tmp_path / "long.ipynb"
+    nbformat.write(notebook, path)
+    assert [(c.index, c.execution_count, c.lines) for c in long_outputs(path)] == [(0, 1, 60)]
+    assert [c.index for c in long_outputs(path, max_lines=39)] == [0, 2]
+
+
+def test_chain_passes_paths_relative_to_the_notebook_and_warns_on_long_outputs(tmp_path, capsys):
+    (tmp_path / "pyproject.toml").write_text('[project]\nname = "alignkit"\n')
+    folder = tmp_path / "tutorials"
+    folder.mkdir()
+    write_notebook(folder / "00_make.ipynb", PARAMETERS,
+                   START.format(name="00_make") + "made = run.artifact_dir / 'thing'\nmade.mkdir()\n"
+                   "run.register_artifact('thing_dir', made)\nfor i in range(45):\n    print(i, flush=True)\n"
+                   "run.log(run_dir=run_dir, report_dir=report_dir)\nrun.finish();")
+    write_notebook(folder / "01_use.ipynb", PARAMETERS + "thing_dir = None\n",
+                   START.format(name="01_use") + "import os\nfrom alignkit.progress import progress\n"
+                   "for _ in progress(range(50), desc='steps'):\n    pass\n"
+                   "run.log(got=thing_dir, found=str(run.artifact('thing_dir', thing_dir, producer='00_make')),\n"
+                   "        batch=os.environ.get('ALIGNKIT_BATCH'))\nrun.finish()")
+    run_chain("smoke", out_dir=tmp_path / "reports" / "smoke", run_dir=tmp_path / "runs" / "smoke",
+              tutorials_dir=folder, progress_bar=False)
+    made = json.loads((tmp_path / "reports" / "smoke" / "00_make" / "metrics.json").read_text())
+    assert made["run_dir"] == "../runs/smoke" and made["report_dir"] == "../reports/smoke/.staging-00_make"
+    used = json.loads((tmp_path / "reports" / "smoke" / "01_use" / "metrics.json").read_text())
+    assert used["got"] == "../runs/smoke/00_make/thing" and used["batch"] == "1"
+    assert used["found"] == str((tmp_path / "runs" / "smoke" / "00_make" / "thing").resolve())
+    out = capsys.readouterr().out
+    assert "[alignkit] warning: 00_make.ipynb has outputs longer than 40 lines (In [3]: 45 lines)" in out
+    assert "01_use.ipynb has outputs" not in out
+    executed = nbformat.read(tmp_path / "reports" / "smoke" / "01_use" / "01_use.ipynb", as_version=4)
+    streams = [o for c in executed.cells for o in c.get("outputs", []) if o.output_type == "stream"]
+    assert [o.text for o in streams if "steps" in o.text][0].startswith("steps: 50/50 it in ")
+    assert parameter_path(tmp_path / "reports" / "x", folder) == "../reports/x"
+    assert parameter_path(Path.home() / "data" / "m", Path("/")) == "~/data/m"
+    assert parameter_path("/opt/models/m", folder) == "/opt/models/m"
 
 
 def test_cli_generate_prints_a_reply(capsys, tiny_dir):

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from alignkit.profiles import base_model, resolve_profile
-from alignkit.runs import is_result_key, read_artifacts, start_run
+from alignkit.runs import display_path, is_result_key, read_artifacts, start_run
 
 
 def test_profile_comes_from_the_argument_then_the_environment(monkeypatch):
@@ -75,3 +75,24 @@ def test_result_keys_exclude_timing_and_performance():
     assert is_result_key("perplexity") and is_result_key("train_loss_last")
     assert not is_result_key("load_s") and not is_result_key("seconds")
     assert not is_result_key("perf_tokens_per_s")
+
+
+def test_display_path_is_project_relative_else_home_else_absolute(tmp_path, monkeypatch):
+    project, home = tmp_path / "project", tmp_path / "home"
+    (project / "tutorials").mkdir(parents=True)
+    (project / "pyproject.toml").write_text('[project]\nname = "alignkit"\n')
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(project / "tutorials")
+    assert display_path(project / "runs" / "cpu" / "01_sft") == "runs/cpu/01_sft"
+    assert display_path("../reports/cpu") == "reports/cpu"
+    assert display_path(home / ".cache" / "alignkit") == "~/.cache/alignkit"
+    assert display_path("/opt/models") == "/opt/models"
+
+
+def test_start_run_and_artifact_expand_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "weights").mkdir()
+    run = start_run("00_x", profile="smoke", seed=0, run_dir="~/runs", report_dir="~/rep")
+    assert run.run_dir == (tmp_path / "runs").resolve() and run.report_dir == (tmp_path / "rep").resolve()
+    assert run.artifact("base_model_dir", "~/weights", producer="00_model") == (tmp_path / "weights").resolve()

@@ -44,7 +44,8 @@ import numpy as np
 import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
-from tqdm.auto import tqdm
+
+from alignkit.progress import progress
 
 SCHEDULES = ("constant", "linear", "cosine")
 
@@ -348,7 +349,8 @@ def train(
         state = _load_checkpoint(accelerator, model, optimizer, scheduler, checkpoint)
         accelerator.print(f"[alignkit] resumed from {checkpoint} (step {state.step}/{total_steps})")
     model.train()
-    bar = tqdm(total=total_steps, initial=state.step, desc=desc, disable=not accelerator.is_main_process)
+    bar = progress(total=total_steps, initial=state.step, desc=desc, unit="step",
+                   disable=not accelerator.is_main_process)
     while state.step < total_steps:
         state.epoch, step_in_epoch = divmod(state.step, steps_per_epoch)
         order = epoch_order(len(examples), seed=config.seed, epoch=state.epoch)
