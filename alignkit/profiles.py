@@ -40,7 +40,7 @@ NOTEBOOK_DEFAULTS: dict[str, dict[str, dict]] = {
         # families whose target is the base model's best of num_samples samples by the gold judge
         "smoke": {"num_train": 24, "num_rejection": 8, "num_samples": 2, "temperature": 0.7, "sample_tokens": 12,
                   "num_eval": 10, "num_epochs": 2, "lr": 1e-3, "batch_size": 4, "max_new_tokens": 12},
-        "cpu": {"num_train": 256, "num_rejection": 160, "num_samples": 4, "temperature": 0.7, "sample_tokens": 48,
+        "cpu": {"num_train": 192, "num_rejection": 240, "num_samples": 4, "temperature": 0.7, "sample_tokens": 48,
                 "num_eval": 300, "num_epochs": 1, "lr": 5e-5, "batch_size": 8, "max_new_tokens": 40},
         "gpu": {"num_train": 4096, "num_rejection": 2048, "num_samples": 8, "temperature": 0.7,
                 "sample_tokens": 128, "num_eval": 1000, "num_epochs": 2, "lr": 2e-5, "batch_size": 16,
@@ -54,7 +54,7 @@ NOTEBOOK_DEFAULTS: dict[str, dict[str, dict]] = {
                   # a random tiny model's replies all tie under the gold judge: keep ties (in arbitrary
                   # order) so that the code path runs; cpu and gpu drop them
                   "keep_ties": True},
-        "cpu": {"num_prompts": 400, "num_samples": 4, "num_eval": 300, "num_kl": 64, "num_epochs": 2, "lr": 2e-4,
+        "cpu": {"num_prompts": 500, "num_samples": 4, "num_eval": 300, "num_kl": 64, "num_epochs": 1, "lr": 1e-4,
                 "batch_size": 8, "max_new_tokens": 24, "betas": [0.01, 0.03, 0.1, 0.3, 1.0], "lora_r": 16,
                 "keep_ties": False},
         "gpu": {"num_prompts": 4096, "num_samples": 8, "num_eval": 1000, "num_kl": 256, "num_epochs": 2,
