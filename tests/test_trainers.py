@@ -215,7 +215,13 @@ def test_two_processes_match_one_process_with_twice_the_batch(tmp_path, tiny_dir
     assert two["world_size"] == 2
     one = history(tmp_path / "one")
     assert one["world_size"] == 1
-    assert [h["loss"] for h in two["history"]] == pytest.approx([h["loss"] for h in one["history"]], rel=1e-5)
+    two_losses, one_losses = [h["loss"] for h in two["history"]], [h["loss"] for h in one["history"]]
+    # Step 1 sees the same weights on both sides (only gloo's summation order differs); after Adam steps a
+    # near-zero gradient entry that differs in its last bits can move its weight by up to 2·lr (see
+    # test_accumulation_matches_a_bigger_batch), so later losses get a tolerance above that noise.
+    assert two_losses[0] == pytest.approx(one_losses[0], rel=1e-5)
+    assert two_losses == pytest.approx(one_losses, rel=1e-3)
+    assert [h["grad_norm"] for h in two["history"]][0] == pytest.approx(one["history"][0]["grad_norm"], rel=1e-4)
     assert [h["units"] for h in two["history"]] == [h["units"] for h in one["history"]]
 
 
