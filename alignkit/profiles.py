@@ -62,13 +62,48 @@ NOTEBOOK_DEFAULTS: dict[str, dict[str, dict]] = {
                 "lora_r": 0, "keep_ties": False},
     },
     "06_draftplus": {
-        # updates: per method (the cpu budget is ≤ 100); steps: DDIM steps when sampling (≤ 10 on cpu)
+        # num_updates per method and training seed; num_train_seeds DRaFT trainings of every method (each
+        # headline is stated across them); num_seeds images per caption (x_T seeds, shared by all methods);
+        # num_eval_prompts / num_validation_prompts: test / validation captions (None: all of the split);
+        # num_steps: DDIM steps when training and sampling; aig_schedules: AIG schedules besides the end points
+        # base and draft (the headline one must be among them); num_threads: torch threads of the study (None:
+        # torch's default). pretrain / reward_model: the shapes world's
+        # pre-trained text-to-image model and learned reward (alignkit.diffusion.pretrain; cached per config).
         "smoke": {"num_updates": 2, "batch_size": 2, "lr": 1e-3, "lora_rank": 2, "num_steps": 4,
-                  "num_eval_prompts": 2, "num_seeds": 3, "lambdas": [1.0]},
-        "cpu": {"num_updates": 100, "batch_size": 8, "lr": 2e-3, "lora_rank": 8, "num_steps": 10,
-                "num_eval_prompts": 12, "num_seeds": 8, "lambdas": [0.1, 0.3, 1.0, 3.0]},
+                  "num_eval_prompts": 2, "num_validation_prompts": 2, "num_seeds": 2, "num_train_seeds": 2,
+                  "lambdas": [1.0], "aig_schedules": ["linear"], "num_threads": 1,
+                  "pretrain": {
+                      "unet": {"block_out_channels": [16, 32],
+                               "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
+                               "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "layers_per_block": 1,
+                               "attention_head_dim": 2, "norm_num_groups": 8,
+                               "addition_embed_type": "text", "addition_embed_type_num_heads": 2},
+                      "embed_dim": 32, "train_steps": 20, "batch_size": 16, "lr": 1e-3, "warmup_steps": 5,
+                      "weight_decay": 0.01, "ema_decay": 0.9, "caption_dropout": 0.1, "guidance_scale": 3.0,
+                      "eval_samples_per_caption": 1, "eval_steps": 3, "eval_data_images": 64},
+                  "reward_model": {"width": 8, "n_train": 256, "steps": 20, "batch_size": 64, "lr": 2e-3,
+                                   "n_eval": 128}},
+        # cpu budget (≤ 20 min on 2 cores): 3 seeds × 6 trainings at ~0.5 s per update, 42 evaluations of
+        # ~3.5 s; 80 updates (the earlier single-seed study ran 100) and 3 λ (it ran 5) keep it near 15 min
+        "cpu": {"num_updates": 80, "batch_size": 8, "lr": 2e-3, "lora_rank": 8, "num_steps": 10,
+                "num_eval_prompts": None, "num_validation_prompts": None, "num_seeds": 8, "num_train_seeds": 3,
+                "lambdas": [0.03, 0.1, 0.3], "aig_schedules": ["power_2", "linear", "power_0.5"],
+                "num_threads": 1,
+                "pretrain": {
+                    "unet": {"block_out_channels": [16, 32, 64],
+                             "down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"],
+                             "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
+                             "layers_per_block": 1, "attention_head_dim": 4, "norm_num_groups": 8,
+                             "addition_embed_type": "text", "addition_embed_type_num_heads": 4},
+                    "embed_dim": 64, "train_steps": 1800, "batch_size": 128, "lr": 2e-3, "warmup_steps": 100,
+                    "weight_decay": 0.01, "ema_decay": 0.997, "caption_dropout": 0.1, "guidance_scale": 3.0,
+                    "eval_samples_per_caption": 4, "eval_steps": 10, "eval_data_images": 1024},
+                "reward_model": {"width": 32, "n_train": 4096, "steps": 1500, "batch_size": 128, "lr": 2e-3,
+                                 "n_eval": 1024}},
         "gpu": {"num_updates": 200, "batch_size": 4, "lr": 2e-4, "lora_rank": 8, "num_steps": 25,
-                "num_eval_prompts": 16, "num_seeds": 8, "lambdas": [0.1, 0.2, 1.0]},
+                "num_eval_prompts": 16, "num_validation_prompts": 16, "num_seeds": 8, "num_train_seeds": 3,
+                "lambdas": [0.1, 0.2, 1.0], "aig_schedules": ["power_2", "linear", "power_0.5"],
+                "num_threads": None},
     },
 }
 

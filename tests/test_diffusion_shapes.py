@@ -10,6 +10,7 @@ import torch
 
 from alignkit.diffusion import pretrain
 from alignkit.diffusion import shapes as S
+from alignkit.diffusion.sampling import generate
 from alignkit.diffusion.system import DiffusionSystem
 
 
@@ -98,40 +99,40 @@ def test_parse_caption_and_prompt_split():
 
 
 def test_smoke_system_loads_samples_and_hits_the_cache(monkeypatch):
-    system = S.load_shapes_system("smoke", seed=0)
+    system = pretrain.load_shapes_system("smoke", seed=0)
     assert isinstance(system, DiffusionSystem) and system.sample_shape == (3, 16, 16)
     ctx = system.encode(["a red circle on a navy background", ""])
     assert ctx.shape[:2] == (2, 7) and ctx.shape[2] == system.unet.config.cross_attention_dim
     assert not ctx.requires_grad
     with pytest.raises(ValueError, match="form"):
         system.encode(["a red blob"])
-    images = S.sample_images(system, ["a red circle on a navy background"] * 2, num_steps=2, seed=0)
+    images = generate(system, ["a red circle on a navy background"] * 2, seeds=[0, 1], num_steps=2)
     assert images.shape == (2, 3, 16, 16) and images.min() >= 0 and images.max() <= 1
     x0 = torch.randn(2, 3, 16, 16, requires_grad=True) * 2
     system.decode(x0).sum().backward()  # decode is differentiable
 
-    record = json.loads((S.shapes_system_dir("smoke", seed=0) / "pretrain.json").read_text())
-    for key in ("config", "train_seconds", "final_loss", "caption_match_heldout", "samples", "data"):
+    record = json.loads((pretrain.shapes_system_dir("smoke", seed=0) / "pretrain.json").read_text())
+    for key in ("config", "train_seconds", "final_loss", "caption_match_test", "samples", "data", "weights_hash"):
         assert key in record
 
     def no_training(*args, **kwargs):
         raise AssertionError("the cached system was retrained")
 
     monkeypatch.setattr(pretrain, "_train_system", no_training)
-    again = S.load_shapes_system("smoke", seed=0)
+    again = pretrain.load_shapes_system("smoke", seed=0)
     for p, q in zip(system.unet.parameters(), again.unet.parameters()):
         assert torch.equal(p, q)
 
 
 def test_reward_gradient_reaches_the_images():
-    reward = S.load_shapes_reward("smoke", seed=0)
+    reward = pretrain.load_shapes_reward("smoke", seed=0)
     assert not reward.training and not any(p.requires_grad for p in reward.parameters())
     images = torch.rand(3, 3, 16, 16, requires_grad=True)
     scores = reward(images, ["a red circle on a navy background"] * 3)
     assert scores.shape == (3,)
     scores.sum().backward()
     assert images.grad is not None and images.grad.abs().sum() > 0
-    record = json.loads((S.shapes_reward_dir("smoke", seed=0) / "reward.json").read_text())
+    record = json.loads((pretrain.shapes_reward_dir("smoke", seed=0) / "reward.json").read_text())
     assert "heldout_pearson_gold" in record
     assert reward(torch.rand(2, 3, 32, 32)).shape == (2,)  # other sizes are resized
 
@@ -144,13 +145,53 @@ def test_interrupted_build_leaves_no_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr(pretrain, "_evaluate_system", broken_evaluation)
     with pytest.raises(RuntimeError, match="killed"):
-        S.load_shapes_system("smoke", seed=0)
+        pretrain.load_shapes_system("smoke", seed=0)
     monkeypatch.setattr(pretrain, "_train_reward", broken_evaluation)
     with pytest.raises(RuntimeError, match="killed"):
-        S.load_shapes_reward("smoke", seed=0)
+        pretrain.load_shapes_reward("smoke", seed=0)
     assert list((tmp_path / "diffusion").iterdir()) == []
 
 
 def test_unknown_profile_is_a_clear_error():
     with pytest.raises(ValueError, match="smoke"):
-        S.load_shapes_system("laptop")
+        pretrain.load_shapes_system("laptop")
+
+
+def test_three_way_split_keeps_the_test_captions():
+    train, validation, test = S.prompt_splits(0)
+    assert test == S.prompt_split(0)[1]  # the test captions of every earlier report
+    assert set(train).isdisjoint(validation) and set(train).isdisjoint(test) and set(validation).isdisjoint(test)
+    assert sorted(train + validation) == sorted(S.prompt_split(0)[0])
+    assert len(validation) == round(0.25 * (len(train) + len(validation)))
+    assert S.prompt_splits(0) == (train, validation, test) and S.prompt_splits(1)[1] != validation
+    with pytest.raises(ValueError, match="validation_fraction"):
+        S.prompt_splits(0, validation_fraction=1.0)
+
+
+def test_weights_hash_names_the_weights():
+    a, b = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    b.load_state_dict(a.state_dict())
+    assert pretrain.weights_hash(a) == pretrain.weights_hash(b) and len(pretrain.weights_hash(a)) == 16
+    with torch.no_grad():
+        b.weight[0, 0] += 1e-6
+    assert pretrain.weights_hash(a) != pretrain.weights_hash(b)
+    system = pretrain.load_shapes_system("smoke", seed=0)
+    record = json.loads((pretrain.shapes_system_dir("smoke", seed=0) / "pretrain.json").read_text())
+    assert pretrain.system_hash(system) == record["weights_hash"]  # the saved and reloaded weights are the same
+
+
+def test_imports_flow_one_way_and_settings_live_in_one_table():
+    """shapes.py is the world without models: importing it must not import the model modules, and it
+    re-exports nothing of them. The pre-training settings are the profiles table's 06 entry, not a copy."""
+    import subprocess
+    import sys
+
+    code = ("import sys, alignkit.diffusion.shapes as S; "
+            "print(any(m in sys.modules for m in ('alignkit.diffusion.pretrain', 'alignkit.diffusion.shapes_model', "
+            "'diffusers')), hasattr(S, '__getattr__'))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "False"]
+    from alignkit.profiles import NOTEBOOK_DEFAULTS
+
+    assert pretrain.profile_settings("cpu")["pretrain"] is NOTEBOOK_DEFAULTS["06_draftplus"]["cpu"]["pretrain"]
+    assert not hasattr(pretrain, "PROFILES")

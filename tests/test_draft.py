@@ -10,21 +10,11 @@ import pytest
 import torch
 from diffusers import DDIMScheduler, UNet2DConditionModel
 
-from alignkit.diffusion.draft import (
-    DraftConfig,
-    LoraWeights,
-    lora_attached,
-    aig_weight,
-    ddim_sample,
-    ddim_scheduler,
-    ddim_step,
-    encode_prompts,
-    generate,
-    guided_eps,
-    sampling_with,
-    step_alphas,
-    train_draft,
-)
+from alignkit.diffusion.aig import aig_weight
+from alignkit.diffusion.draft import DraftConfig, train_draft
+from alignkit.diffusion.lora import LoraWeights, lora_attached, sampling_with
+from alignkit.diffusion.sampling import (ddim_sample, ddim_scheduler, ddim_step, encode_prompts, generate, guided_eps,
+                                         step_alphas)
 from alignkit.diffusion.system import DiffusionSystem
 from alignkit.losses import draftplus_loss
 

@@ -1,96 +1,66 @@
-"""Pre-train the ``cpu``/``smoke`` text-to-image model on the drawn shapes, and the learned reward for DRaFT.
+"""Pre-train the ``cpu``/``smoke`` shapes text-to-image model and the learned reward for DRaFT, and cache both.
 
-The model is a pixel-space diffusion model on 16×16 RGB images:
+The networks are in :mod:`alignkit.diffusion.shapes_model`; their settings per profile are the ``pretrain`` and
+``reward_model`` entries of ``alignkit.profiles.NOTEBOOK_DEFAULTS["06_draftplus"]`` (the one table of notebook
+06's knobs).
 
-- a caption encoder (:class:`CaptionEncoder`): a word-embedding table over the fixed caption vocabulary plus
-  position embeddings and a LayerNorm → ``encoder_hidden_states`` (B, 7, D); the empty caption ``""`` (all
-  null tokens) is the unconditional input of classifier-free guidance;
-- a diffusers ``UNet2DConditionModel`` (:class:`ShapesUNet`: cross-attention to the caption, plus an
-  attention-pooled caption embedding added to the time embedding) predicting the noise ε through a
-  v-parameterised output (see :class:`ShapesUNet` for why);
-- a ``DDIMScheduler`` (ε-prediction, Stable Diffusion's ``scaled_linear`` betas, "trailing" timestep spacing
-  so a few-step DDIM chain starts at t = 999).
-
-UNet and encoder are trained jointly with the v-loss ‖ε − ε_θ(x_t, t, c)‖² / ᾱ_t, c replaced by ``""`` for
-10 % of the images, on freshly drawn images every step (seeded), with AdamW and an exponential moving average
-of the weights (the EMA weights are the ones saved).
+UNet and caption encoder are trained jointly with the v-loss ‖ε − ε_θ(x_t, t, c)‖² / ᾱ_t, c replaced by ``""``
+for 10 % of the images, on freshly drawn images of every caption every step (seeded), with AdamW, the shared
+warm-up + cosine learning-rate schedule (:func:`alignkit.trainers.loop.lr_multiplier`) and an exponential
+moving average of the weights (the EMA weights are the ones saved). Like any base model's data, pre-training
+draws every caption of the world, the test captions of the fine-tuning split included; DRaFT never trains on
+those.
 
 :func:`load_shapes_system` builds once per (profile, seed, config) and caches under
 ``$ALIGNKIT_HOME/diffusion/shapes-<profile>-<hash>/``: ``unet/`` (``save_pretrained``), ``scheduler/``,
 ``encoder.safetensors`` + ``encoder.json`` and ``pretrain.json`` (config, training seconds, loss curve and an
-evaluation of samples: caption match on held-out and training captions, gold score of samples vs drawn data).
+evaluation of samples: caption match on the fine-tuning split's test and training captions, gold score of
+samples vs drawn data). Training is seeded but float arithmetic differs between CPUs, so two machines can build
+different models from one config: :func:`weights_hash` tells them apart.
 
-:class:`ShapesReward` is the learned, differentiable reward DRaFT back-propagates through: a small CNN
-regressed on :func:`~alignkit.diffusion.shapes.preference_from_attributes` of drawn images. It never sees the
-gold scorer; ``reward.json`` next to its weights records its held-out correlation with gold.
+The learned reward (:class:`~alignkit.diffusion.shapes_model.ShapesReward`) is regressed on
+:func:`~alignkit.diffusion.shapes.preference_from_attributes` of drawn images. It never sees the gold scorer;
+``reward.json`` next to its weights records its held-out correlation with gold.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-import inspect
 import json
 import logging
-import math
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import DDIMScheduler, UNet2DConditionModel
-from diffusers.models.unets.unet_2d_condition import UNet2DConditionOutput
+from diffusers import DDIMScheduler
 from safetensors.torch import load_file, save_file
-from torch import nn
-from tqdm.auto import tqdm
 
 from alignkit.diffusion import shapes as S
+from alignkit.diffusion.sampling import generate
+from alignkit.diffusion.shapes_model import (CaptionEncoder, ShapesReward, ShapesUNet, make_scheduler, make_system,
+                                             make_unet)
 from alignkit.diffusion.system import DiffusionSystem
 from alignkit.models import _atomic_build, alignkit_home
+from alignkit.profiles import NOTEBOOK_DEFAULTS
+from alignkit.progress import progress
+from alignkit.trainers.loop import lr_multiplier
 
 logger = logging.getLogger(__name__)
 
-FORMAT_VERSION = 2  # bump when training, evaluation or the judges change
-CAPTION_LENGTH = 7  # "a <colour> <shape> on a <background> background"
-
-PROFILES: dict[str, dict] = {
-    "smoke": {
-        "system": {
-            "unet": {"block_out_channels": [16, 32], "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D"],
-                     "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D"], "layers_per_block": 1,
-                     "attention_head_dim": 2, "norm_num_groups": 8,
-                     "addition_embed_type": "text", "addition_embed_type_num_heads": 2},
-            "embed_dim": 32,
-            "train_steps": 20, "batch_size": 16, "lr": 1e-3, "warmup_steps": 5, "weight_decay": 0.01,
-            "ema_decay": 0.9, "caption_dropout": 0.1,
-            "guidance_scale": 3.0,
-            "eval_samples_per_caption": 1, "eval_steps": 3, "eval_data_images": 64,
-        },
-        "reward": {"width": 8, "n_train": 256, "steps": 20, "batch_size": 64, "lr": 2e-3, "n_eval": 128},
-    },
-    "cpu": {
-        "system": {
-            "unet": {"block_out_channels": [16, 32, 64],
-                     "down_block_types": ["DownBlock2D", "DownBlock2D", "CrossAttnDownBlock2D"],
-                     "up_block_types": ["CrossAttnUpBlock2D", "UpBlock2D", "UpBlock2D"],
-                     "layers_per_block": 1, "attention_head_dim": 4, "norm_num_groups": 8,
-                     "addition_embed_type": "text", "addition_embed_type_num_heads": 4},
-            "embed_dim": 64,
-            "train_steps": 1800, "batch_size": 128, "lr": 2e-3, "warmup_steps": 100, "weight_decay": 0.01,
-            "ema_decay": 0.997, "caption_dropout": 0.1,
-            "guidance_scale": 3.0,
-            "eval_samples_per_caption": 4, "eval_steps": 10, "eval_data_images": 1024,
-        },
-        "reward": {"width": 32, "n_train": 4096, "steps": 1500, "batch_size": 128, "lr": 2e-3, "n_eval": 1024},
-    },
-}
-"""per-profile settings of the shapes model (``system``) and the learned reward (``reward``)"""
+FORMAT_VERSION = 3  # bump when training, evaluation or the judges change (3: shared LR schedule, one sampler)
+NOTEBOOK = "06_draftplus"
 
 
-def _profile(profile: str) -> dict:
-    if profile not in PROFILES:
-        raise ValueError(f"unknown profile {profile!r} for the shapes world; choose one of {sorted(PROFILES)} "
+def profile_settings(profile: str) -> dict:
+    """``{"pretrain": ..., "reward_model": ...}`` of ``profile`` from ``NOTEBOOK_DEFAULTS["06_draftplus"]``."""
+    table = NOTEBOOK_DEFAULTS[NOTEBOOK]
+    if profile not in table or "pretrain" not in table[profile]:
+        shapes_profiles = sorted(p for p, v in table.items() if "pretrain" in v)
+        raise ValueError(f"unknown profile {profile!r} for the shapes world; choose one of {shapes_profiles} "
                          f"(the 'gpu' profile uses Stable Diffusion, see alignkit.diffusion.sd)")
-    return PROFILES[profile]
+    return {"pretrain": table[profile]["pretrain"], "reward_model": table[profile]["reward_model"]}
 
 
 def _cache_dir(prefix: str, profile: str, config: dict) -> Path:
@@ -98,186 +68,38 @@ def _cache_dir(prefix: str, profile: str, config: dict) -> Path:
     return alignkit_home() / "diffusion" / f"{prefix}-{profile}-{digest}"
 
 
-# ------------------------------------------------------------------------------------------ caption encoder
+def weights_hash(*modules: torch.nn.Module) -> str:
+    """First 16 hex digits of SHA-256 over the modules' state dicts (names, dtypes, shapes and bytes, in name
+    order): equal for equal weights, whatever file they were saved in."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for name, tensor in sorted(module.state_dict().items()):
+            t = tensor.detach().cpu().contiguous()
+            digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+            digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()[:16]
 
 
-class CaptionEncoder(nn.Module):
-    """Captions of the shapes world → ``encoder_hidden_states`` (B, 7, D).
-
-    Token 0 is the null token: the empty caption ``""`` is seven null tokens (the unconditional input).
-    Any other caption must parse (:func:`~alignkit.diffusion.shapes.parse_caption`).
-    """
-
-    def __init__(self, vocab: list[str], dim: int, length: int = CAPTION_LENGTH):
-        super().__init__()
-        self.vocab = list(vocab)
-        self.index = {w: i + 1 for i, w in enumerate(self.vocab)}
-        self.length = length
-        self.words = nn.Embedding(len(self.vocab) + 1, dim)
-        self.positions = nn.Parameter(torch.zeros(length, dim))
-        self.norm = nn.LayerNorm(dim)
-        nn.init.normal_(self.words.weight, std=0.3)
-        nn.init.normal_(self.positions, std=0.3)
-
-    def tokenize(self, captions: list[str]) -> torch.Tensor:
-        if isinstance(captions, str):
-            raise ValueError("captions must be a list of strings, got a single string; wrap it in a list")
-        rows = []
-        for caption in captions:
-            if caption == "":
-                rows.append([0] * self.length)
-                continue
-            S.parse_caption(caption)  # clear error for a caption outside the world
-            words = caption.strip().lower().split()
-            rows.append([self.index[w] for w in words])
-        return torch.tensor(rows, dtype=torch.long).view(len(rows), self.length)
-
-    def forward(self, token_ids: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.words(token_ids) + self.positions)
-
-    def config(self) -> dict:
-        return {"vocab": self.vocab, "dim": self.words.embedding_dim, "length": self.length}
-
-
-SCHEDULE = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
-"""the noise schedule (Stable Diffusion's): ᾱ runs from 0.999 to 0.0047, so x_0 stays recoverable at every t"""
-
-
-def make_scheduler() -> DDIMScheduler:
-    """ε-prediction DDIM over :data:`SCHEDULE`, "trailing" spacing (a 10-step chain starts at t = 999).
-
-    ``clip_sample`` is off: clipping x̂_0 while keeping the unclipped ε (diffusers' default unless
-    ``use_clipped_model_output``) makes guided chains overshoot and wash out; unclipped DDIM stays
-    consistent, and :func:`_pixel_decode` clamps the final image.
-    """
-    return DDIMScheduler(**SCHEDULE, prediction_type="epsilon", clip_sample=False, set_alpha_to_one=True,
-                         timestep_spacing="trailing")
-
-
-class ShapesUNet(UNet2DConditionModel):
-    """A ``UNet2DConditionModel`` that predicts ε through a v-parameterised output.
-
-    The network's raw output ``F`` is read as ``v = √ᾱ_t ε − √(1−ᾱ_t) x_0`` and turned into
-    ``ε = √ᾱ_t F + √(1−ᾱ_t) x_t`` (exact when F = v), so to the outside (scheduler, DRaFT trainer, LoRA) it is a
-    plain ε-predictor with ``prediction_type="epsilon"``. Why: at high noise a bare ε-network must output x_t
-    almost exactly and the image only as a tiny correction; a small pixel-space model trained for minutes on a
-    CPU never gets that precise, and samples come out as noise. With the skip term the network predicts
-    ≈ −x_0 there, which is easy (the "v-prediction" of Salimans & Ho, 2022, as an output preconditioning like
-    EDM's). Train it with the v-loss ‖ε̂ − ε‖² / ᾱ_t.
-
-    ``num_train_timesteps``/``beta_*`` fix the skip term's schedule (they must match the scheduler's); every
-    other argument goes to ``UNet2DConditionModel``.
-    """
-
-    def __init__(self, num_train_timesteps: int = 1000, beta_schedule: str = "scaled_linear",
-                 beta_start: float = 0.00085, beta_end: float = 0.012, **unet_kwargs):
-        unet_kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in unet_kwargs.items()}
-        super().__init__(**unet_kwargs)
-        self.register_to_config(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
-                                beta_start=beta_start, beta_end=beta_end)
-        alphas = DDIMScheduler(num_train_timesteps=num_train_timesteps, beta_schedule=beta_schedule,
-                               beta_start=beta_start, beta_end=beta_end).alphas_cumprod
-        self.register_buffer("alphas_cumprod", alphas.float().clone(), persistent=False)
-
-    @staticmethod
-    def _get_init_keys(input_class):
-        # from_pretrained/from_config pass only the config keys __init__ names; ours forwards the parent's
-        keys = set(inspect.signature(input_class.__init__).parameters)
-        if isinstance(input_class, type) and issubclass(input_class, ShapesUNet):
-            keys |= set(inspect.signature(UNet2DConditionModel.__init__).parameters)
-            keys.discard("unet_kwargs")
-        return keys
-
-    def alpha_bar(self, timestep, sample: torch.Tensor) -> torch.Tensor:
-        """ᾱ_t shaped to broadcast against ``sample`` (t: int, float, 0-d or (B,) tensor)."""
-        t = torch.as_tensor(timestep, device=self.alphas_cumprod.device).long()
-        t = t.clamp(0, self.alphas_cumprod.numel() - 1)
-        a = self.alphas_cumprod[t].to(sample.dtype)
-        return a.view(-1, 1, 1, 1) if a.dim() else a
-
-    def forward(self, sample: torch.Tensor, timestep, encoder_hidden_states: torch.Tensor, *args,
-                return_dict: bool = True, **kwargs):
-        v = super().forward(sample, timestep, encoder_hidden_states, *args, return_dict=False, **kwargs)[0]
-        a = self.alpha_bar(timestep, sample)
-        eps = a.sqrt() * v + (1 - a).sqrt() * sample
-        return UNet2DConditionOutput(sample=eps) if return_dict else (eps,)
-
-
-def _make_unet(cfg: dict) -> ShapesUNet:
-    """The UNet of a profile: ``cfg["unet"]`` holds :class:`ShapesUNet` arguments."""
-    return ShapesUNet(sample_size=S.IMAGE_SIZE, in_channels=3, out_channels=3,
-                      cross_attention_dim=cfg["embed_dim"], **SCHEDULE, **cfg["unet"])
-
-
-def _pixel_decode(x0: torch.Tensor) -> torch.Tensor:
-    """x_0 in [-1, 1] → images in [0, 1] (clamped; differentiable inside the range)."""
-    return ((x0 + 1) / 2).clamp(0, 1)
-
-
-def make_system(unet: UNet2DConditionModel, scheduler: DDIMScheduler, encoder: CaptionEncoder, *,
-                guidance_scale: float = 3.0, name: str = "") -> DiffusionSystem:
-    """Wrap the three parts of the shapes model in a :class:`DiffusionSystem`."""
-    encoder.eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def encode(prompts: list[str]) -> torch.Tensor:
-        device = encoder.words.weight.device
-        return encoder(encoder.tokenize(list(prompts)).to(device))
-
-    encode.encoder = encoder  # reachable for .to(device) by whoever needs it
-    return DiffusionSystem(unet=unet, scheduler=scheduler, encode=encode, decode=_pixel_decode,
-                           sample_shape=(3, S.IMAGE_SIZE, S.IMAGE_SIZE), guidance_scale=guidance_scale, name=name)
-
-
-@torch.no_grad()
-def sample_images(system: DiffusionSystem, prompts: list[str], *, num_steps: int = 10,
-                  guidance_scale: float | None = None, seed: int = 0, batch_size: int = 256) -> torch.Tensor:
-    """Plain DDIM (η = 0) sampling with classifier-free guidance, no gradients: images (B, 3, H, W) in [0, 1]
-    on CPU. The system's scheduler is copied, not mutated; noise comes from a CPU generator seeded ``seed``."""
-    g = system.guidance_scale if guidance_scale is None else guidance_scale
-    sched = DDIMScheduler.from_config(system.scheduler.config)
-    sched.set_timesteps(num_steps)
-    device = system.device
-    gen = torch.Generator().manual_seed(seed)
-    noise = torch.randn((len(prompts), *system.sample_shape), generator=gen)
-    out = []
-    for start in range(0, len(prompts), batch_size):
-        chunk = list(prompts[start:start + batch_size])
-        x = noise[start:start + len(chunk)].to(device)
-        cond = system.encode(chunk)
-        ctx = torch.cat([system.encode([""] * len(chunk)), cond]) if g != 1.0 else cond
-        for t in sched.timesteps:
-            if g != 1.0:
-                eps_u, eps_c = system.unet(torch.cat([x, x]), t, encoder_hidden_states=ctx).sample.chunk(2)
-                eps = eps_u + g * (eps_c - eps_u)
-            else:
-                eps = system.unet(x, t, encoder_hidden_states=ctx).sample
-            x = sched.step(eps, t, x, eta=0.0).prev_sample
-        out.append(system.decode(x).float().cpu())
-    return torch.cat(out)
+def system_hash(system: DiffusionSystem) -> str:
+    """:func:`weights_hash` of a shapes system's UNet and caption encoder (no LoRA adapter attached)."""
+    return weights_hash(system.unet, system.encode.encoder)
 
 
 # ---------------------------------------------------------------------------------------------- training
 
 
-def _lr_factor(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
-
-
-def _train_system(cfg: dict, seed: int, desc: str) -> tuple[UNet2DConditionModel, CaptionEncoder, dict]:
+def _train_system(cfg: dict, seed: int, desc: str) -> tuple[ShapesUNet, CaptionEncoder, dict]:
     """Train UNet + caption encoder on freshly drawn shapes; returns the EMA weights and a training log."""
     with torch.random.fork_rng():
-        torch.manual_seed(seed)
-        unet = _make_unet(cfg)
+        torch.manual_seed(seed)  # the initial weights: diffusers and torch.nn draw them from the global generator
+        unet = make_unet(cfg)
         encoder = CaptionEncoder(S.caption_vocabulary(), cfg["embed_dim"])
     scheduler = make_scheduler()
     params = list(unet.parameters()) + list(encoder.parameters())
     opt = torch.optim.AdamW(params, lr=cfg["lr"], weight_decay=cfg["weight_decay"])
     total = cfg["train_steps"]
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, cfg["warmup_steps"], total))
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(
+        s, warmup_steps=cfg["warmup_steps"], total_steps=total, schedule="cosine"))
     ema = [p.detach().clone() for p in params]
     gen = torch.Generator().manual_seed(seed)
     alphas = scheduler.alphas_cumprod
@@ -286,7 +108,7 @@ def _train_system(cfg: dict, seed: int, desc: str) -> tuple[UNet2DConditionModel
     unet.train()
     encoder.train()
     start = time.perf_counter()
-    bar = tqdm(range(total), desc=desc, mininterval=2.0)
+    bar = progress(range(total), desc=desc, mininterval=2.0, unit="step")
     for step in bar:
         attrs = S.random_attributes(cfg["batch_size"], gen)
         x0 = S.draw_shapes(attrs) * 2 - 1
@@ -339,32 +161,36 @@ def _stats(images: torch.Tensor) -> dict:
     return out
 
 
+def _sample(system: DiffusionSystem, prompts: list[str], cfg: dict, seed: int) -> torch.Tensor:
+    seeds = [seed * 100_003 + i for i in range(len(prompts))]  # one starting noise per image
+    return generate(system, prompts, seeds=seeds, num_steps=cfg["eval_steps"], batch_size=256)
+
+
 def _evaluate_system(system: DiffusionSystem, cfg: dict, seed: int) -> dict:
     """Caption match and gold statistics of samples, next to those of drawn training images."""
-    train_prompts, heldout_prompts = S.prompt_split(seed)
+    train_prompts, test_prompts = S.prompt_split(seed)
     n = cfg["eval_samples_per_caption"]
-    result = {"eval_sampling": {"num_steps": cfg["eval_steps"], "guidance_scale": cfg["guidance_scale"],
+    result = {"eval_sampling": {"num_steps": cfg["eval_steps"], "guidance_scale": system.guidance_scale,
                                 "samples_per_caption": n, "prompt_split_seed": seed}}
     all_images = []
-    for split, prompts in (("heldout", heldout_prompts), ("train", train_prompts)):
+    for split, prompts in (("test", test_prompts), ("train", train_prompts)):
         batch = [p for p in prompts for _ in range(n)]
-        images = sample_images(system, batch, num_steps=cfg["eval_steps"], guidance_scale=cfg["guidance_scale"],
-                               seed=seed + 7)
+        images = _sample(system, batch, cfg, seed + 7)
         result[f"caption_match_{split}"] = S.caption_match(images, batch).float().mean().item()
         all_images.append(images)
     result["samples"] = _stats(torch.cat(all_images))
     # guidance sharpens colours; the unguided samples show the spread the model itself learned
-    batch = [p for p in heldout_prompts for _ in range(n)]
-    unguided = sample_images(system, batch, num_steps=cfg["eval_steps"], guidance_scale=1.0, seed=seed + 7)
-    result["caption_match_heldout_unguided"] = S.caption_match(unguided, batch).float().mean().item()
-    result["samples_unguided_heldout"] = _stats(unguided)
+    batch = [p for p in test_prompts for _ in range(n)]
+    unguided = _sample(dataclasses.replace(system, guidance_scale=1.0), batch, cfg, seed + 7)
+    result["caption_match_test_unguided"] = S.caption_match(unguided, batch).float().mean().item()
+    result["samples_unguided_test"] = _stats(unguided)
     data, _, _ = S.draw_dataset(cfg["eval_data_images"], seed=seed + 1)
     result["data"] = _stats(data)
     return result
 
 
 def _system_config(profile: str, seed: int) -> dict:
-    return {"format": FORMAT_VERSION, "profile": profile, "seed": seed, **_profile(profile)["system"]}
+    return {"format": FORMAT_VERSION, "profile": profile, "seed": seed, **profile_settings(profile)["pretrain"]}
 
 
 def _share(out_dir: Path) -> None:
@@ -384,11 +210,11 @@ def _build_system(out_dir: Path, config: dict) -> None:
     (out_dir / "encoder.json").write_text(json.dumps(encoder.config(), indent=1))
     system = make_system(unet, scheduler, encoder, guidance_scale=config["guidance_scale"])
     evaluation = _evaluate_system(system, config, seed)
-    record = {"config": config, **log, **evaluation}
+    record = {"config": config, **log, "weights_hash": system_hash(system), **evaluation}
     (out_dir / "pretrain.json").write_text(json.dumps(record, indent=1))
     _share(out_dir)
-    logger.info("shapes-%s: caption match held-out %.2f, gold samples %.3f vs data %.3f", profile,
-                evaluation["caption_match_heldout"], evaluation["samples"]["gold_mean"],
+    logger.info("shapes-%s: caption match on test captions %.2f, gold samples %.3f vs data %.3f", profile,
+                evaluation["caption_match_test"], evaluation["samples"]["gold_mean"],
                 evaluation["data"]["gold_mean"])
 
 
@@ -436,59 +262,26 @@ def pretrain_record(profile: str, *, seed: int = 0) -> dict:
 # ------------------------------------------------------------------------------------------------ reward
 
 
-class ShapesReward(nn.Module):
-    """The learned reward: a small CNN over the image plus two coordinate channels → (B,) scores.
-
-    Regressed on the stated preference of drawn images; it does not read the prompt (the preference is the
-    same for every caption) and, like any learned reward, can be fooled by images unlike its training data.
-    ``forward`` is differentiable with respect to the images; images of another size are resized to 16×16.
-    """
-
-    def __init__(self, width: int = 32):
-        super().__init__()
-        w = width
-        self.width = width
-        self.net = nn.Sequential(
-            nn.Conv2d(5, w, 3, padding=1), nn.SiLU(),
-            nn.Conv2d(w, w, 3, padding=1), nn.SiLU(), nn.AvgPool2d(2),
-            nn.Conv2d(w, 2 * w, 3, padding=1), nn.SiLU(), nn.AvgPool2d(2),
-            nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.SiLU(),
-            nn.Flatten(), nn.Linear(2 * w * 16, 64), nn.SiLU(), nn.Linear(64, 1),
-        )
-        ramp = (torch.arange(S.IMAGE_SIZE, dtype=torch.float32) + 0.5) / S.IMAGE_SIZE * 2 - 1
-        coords = torch.stack([ramp.view(1, -1).expand(S.IMAGE_SIZE, -1), ramp.view(-1, 1).expand(-1, S.IMAGE_SIZE)])
-        self.register_buffer("coords", coords, persistent=False)
-
-    def forward(self, images: torch.Tensor, prompts: list[str] | None = None) -> torch.Tensor:
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"ShapesReward expects images (B, 3, H, W) in [0, 1], got {tuple(images.shape)}")
-        x = images.to(self.coords.dtype)
-        if x.shape[-2:] != (S.IMAGE_SIZE, S.IMAGE_SIZE):
-            x = F.interpolate(x, size=(S.IMAGE_SIZE, S.IMAGE_SIZE), mode="bilinear", antialias=True,
-                              align_corners=False)
-        coords = self.coords.expand(x.shape[0], -1, -1, -1)
-        return self.net(torch.cat([x * 2 - 1, coords], dim=1)).squeeze(1)
-
-
 def _reward_config(profile: str, seed: int) -> dict:
-    return {"format": FORMAT_VERSION, "profile": profile, "seed": seed, **_profile(profile)["reward"]}
+    return {"format": FORMAT_VERSION, "profile": profile, "seed": seed, **profile_settings(profile)["reward_model"]}
 
 
 def _train_reward(cfg: dict, desc: str) -> tuple[ShapesReward, dict]:
     seed = cfg["seed"]
     with torch.random.fork_rng():
-        torch.manual_seed(seed)
+        torch.manual_seed(seed)  # the initial weights come from torch's global generator
         model = ShapesReward(cfg["width"])
     images, _, attrs = S.draw_dataset(cfg["n_train"], seed=seed + 1000)
     target = S.preference_from_attributes(attrs)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg["lr"], weight_decay=0.01)
-    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _lr_factor(s, max(1, cfg["steps"] // 20),
-                                                                          cfg["steps"]))
+    warmup = max(1, cfg["steps"] // 20)
+    lr_sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_multiplier(
+        s, warmup_steps=warmup, total_steps=cfg["steps"], schedule="cosine"))
     gen = torch.Generator().manual_seed(seed)
     losses = []
     start = time.perf_counter()
     model.train()
-    for _ in tqdm(range(cfg["steps"]), desc=desc, mininterval=2.0):
+    for _ in progress(range(cfg["steps"]), desc=desc, mininterval=2.0, unit="step"):
         idx = torch.randint(len(target), (cfg["batch_size"],), generator=gen)
         loss = F.mse_loss(model(images[idx]), target[idx])
         opt.zero_grad(set_to_none=True)
@@ -505,6 +298,7 @@ def _train_reward(cfg: dict, desc: str) -> tuple[ShapesReward, dict]:
     gold = S.gold_score(held)
     tail = losses[-min(len(losses), 50):]
     info = {"config": cfg, "train_seconds": round(seconds, 1), "final_train_mse": sum(tail) / len(tail),
+            "weights_hash": weights_hash(model),
             "heldout_images": cfg["n_eval"],
             "heldout_pearson_gold": S.pearson(pred, gold),
             "heldout_pearson_preference": S.pearson(pred, pref),

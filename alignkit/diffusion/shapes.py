@@ -30,15 +30,15 @@ both bright and saturated; 0.9 · shade for the palette) and ``clip`` to [0, 1].
 :func:`preference_from_attributes` evaluates ``P`` from the drawing parameters;
 :func:`gold_score` estimates the same quantities from pixels alone (see :func:`analyze_images`) and is the
 gold judge of notebook 06. The learned reward that DRaFT trains against
-(:class:`~alignkit.diffusion.pretrain.ShapesReward`) is regressed on ``P`` of drawn images and never sees
+(:class:`~alignkit.diffusion.shapes_model.ShapesReward`) is regressed on ``P`` of drawn images and never sees
 the gold scorer.
 
 :func:`caption_match` checks an image against its caption from pixels alone (background colour, shape hue,
 shape type from the skewness, diagonal extent and bounding-box fill of its coverage; robust to the blur and
 noise of generated images).
 
-The pre-trained text-to-image model and the learned reward live in :mod:`alignkit.diffusion.pretrain`;
-``load_shapes_system``, ``load_shapes_reward``, ``ShapesReward`` and ``sample_images`` are re-exported here.
+This module knows nothing of models: the networks live in :mod:`alignkit.diffusion.shapes_model` and their
+pre-training in :mod:`alignkit.diffusion.pretrain`, both of which import this one (never the other way round).
 """
 
 from __future__ import annotations
@@ -154,6 +154,24 @@ def prompt_split(seed: int = 0, heldout_fraction: float = 0.25) -> tuple[list[st
         if words >= set(SHAPE_COLORS) | set(SHAPES) | set(BACKGROUND_COLORS):
             break
     return sorted(train, key=captions.index), sorted(heldout, key=captions.index)
+
+
+def prompt_splits(seed: int = 0, *, heldout_fraction: float = 0.25, validation_fraction: float = 0.25
+                  ) -> tuple[list[str], list[str], list[str]]:
+    """Three disjoint caption lists ``(train, validation, test)`` for fine-tuning, deterministic under ``seed``.
+
+    ``test`` is the held-out list of :func:`prompt_split` (unchanged, so reports stay comparable);
+    ``validation`` is a seeded ``validation_fraction`` of its training list, for choosing settings such as
+    DRaFT+'s λ without looking at the test captions; ``train`` is the rest.
+    """
+    if not 0.0 < validation_fraction < 1.0:
+        raise ValueError(f"validation_fraction must be in (0, 1), got {validation_fraction}")
+    train, test = prompt_split(seed, heldout_fraction)
+    n_validation = max(1, round(validation_fraction * len(train)))
+    order = train[:]
+    random.Random(f"validation-{seed}").shuffle(order)
+    validation = set(order[:n_validation])
+    return [c for c in train if c not in validation], [c for c in train if c in validation], test
 
 
 # ------------------------------------------------------------------------------------------------ drawing
@@ -453,17 +471,3 @@ def pearson(a: torch.Tensor, b: torch.Tensor) -> float:
     a, b = a.double().flatten(), b.double().flatten()
     a, b = a - a.mean(), b - b.mean()
     return float((a * b).sum() / (a.norm() * b.norm()).clamp_min(1e-12))
-
-
-# the model side lives in pretrain.py (which imports this module); resolve its names lazily to avoid a cycle
-_PRETRAIN_NAMES = ("load_shapes_system", "load_shapes_reward", "ShapesReward", "sample_images", "PROFILES",
-                   "CaptionEncoder", "pretrain_record", "reward_record", "shapes_system_dir", "shapes_reward_dir",
-                   "load_system_dir")
-
-
-def __getattr__(name: str):
-    if name in _PRETRAIN_NAMES:
-        from alignkit.diffusion import pretrain
-
-        return getattr(pretrain, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
