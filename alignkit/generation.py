@@ -14,6 +14,14 @@ def format_chat(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict], *,
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
+def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompts: list[str] | list[list[dict]], *,
+                    system: str | None = None) -> list[list[int]]:
+    """Each prompt through the chat template up to the assistant header, as token ids (no special tokens added:
+    the template writes its own)."""
+    texts = [format_chat(tokenizer, p, system=system) for p in prompts]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"]
+
+
 @torch.no_grad()
 def chat_generate(
     model: PreTrainedModel,
