@@ -319,7 +319,7 @@ def test_per_token_logps_bf16_is_computed_in_float32(monkeypatch, upcast_chunk):
     """bf16 logits are cast up exactly, so the result equals the float32 log-softmax of the same values
     (float32 rounding only, hence 1e-5) and is float32. A chunk of 4 positions splits the 2 × 5 = 10
     positions as 4, 4, 2, across the row boundary. The gradient comes back in bf16 (rounded, hence 1e-2)."""
-    monkeypatch.setattr(losses, "_UPCAST_CHUNK", upcast_chunk)
+    monkeypatch.setattr(losses.likelihood, "_UPCAST_CHUNK", upcast_chunk)
     logits, labels = random_logits_and_labels(torch.bfloat16, shape=(2, 5, 13))
     logits_naive = logits.float().requires_grad_()
     logits = logits.requires_grad_()

@@ -15,13 +15,11 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
-from transformers import PreTrainedTokenizerBase
 
-from alignkit.data.schemas import validate_records
 from alignkit.losses import DPO_LOSSES, dpo_loss
 from alignkit.trainers.loop import StepOutput, TrainConfig, TrainResult, train
-from alignkit.trainers.packing import PackedBatch, pack, packed_target_logps, sequence_sums
-from alignkit.trainers.sft import tokenize_turn
+from alignkit.trainers.packing import PackedBatch, packed_target_logps, sequence_sums
+from alignkit.trainers.pairs import PairExample, pack_pairs, tokenize_pairs
 
 
 @dataclass
@@ -53,19 +51,6 @@ class DPOConfig:
 
 
 @dataclass
-class PairExample:
-    """A tokenized preference pair, with its given rewards and (once computed) reference log-probs."""
-
-    prompt_ids: list[int]
-    chosen_ids: list[int]
-    rejected_ids: list[int]
-    chosen_reward: float = 0.0
-    rejected_reward: float = 0.0
-    ref_chosen_logps: float | None = None
-    ref_rejected_logps: float | None = None
-
-
-@dataclass
 class PairBatch:
     packed: PackedBatch
     ref_chosen_logps: torch.Tensor  # (B,)
@@ -74,24 +59,6 @@ class PairBatch:
     rejected_rewards: torch.Tensor  # (B,)
     chosen_lengths: torch.Tensor  # (B,) response tokens
     rejected_lengths: torch.Tensor  # (B,)
-
-
-def tokenize_pairs(tokenizer: PreTrainedTokenizerBase, records: Sequence[dict], max_length: int) -> list[PairExample]:
-    """Validate preference records and tokenize them (rewards from ``chosen_score``/``rejected_score`` if given)."""
-    examples = []
-    for index, record in enumerate(validate_records(records, "preference")):
-        chosen = tokenize_turn(tokenizer, record["prompt"], record["chosen"], max_length)
-        rejected = tokenize_turn(tokenizer, record["prompt"], record["rejected"], max_length)
-        if chosen is None or rejected is None:
-            raise ValueError(f"record {index}: the prompt alone is longer than max_length={max_length} tokens; "
-                             f"raise max_length or shorten the prompt")
-        examples.append(PairExample(chosen.prompt_ids, chosen.response_ids, rejected.response_ids,
-                                    float(record.get("chosen_score", 0.0)), float(record.get("rejected_score", 0.0))))
-    return examples
-
-
-def _pack_pairs(examples: Sequence[PairExample]) -> PackedBatch:
-    return pack([(e.prompt_ids, [e.chosen_ids, e.rejected_ids]) for e in examples])
 
 
 def pair_logps(model: torch.nn.Module, packed: PackedBatch) -> tuple[torch.Tensor, torch.Tensor]:
@@ -110,7 +77,7 @@ def precompute_reference_logps(reference: torch.nn.Module, examples: Sequence[Pa
     done = []
     for start in range(0, len(examples), batch_size):
         chunk = examples[start:start + batch_size]
-        chosen, rejected = pair_logps(reference, _pack_pairs(chunk))
+        chosen, rejected = pair_logps(reference, pack_pairs(chunk))
         done += [replace(e, ref_chosen_logps=c, ref_rejected_logps=r)
                  for e, c, r in zip(chunk, chosen.float().tolist(), rejected.float().tolist())]
     reference.train(was_training)
@@ -139,7 +106,7 @@ def collate_pairs(examples: list[PairExample]) -> PairBatch:
     if any(e.ref_chosen_logps is None for e in examples):
         raise ValueError("pairs lack reference log-probs: run precompute_reference_logps(reference, examples) first")
     return PairBatch(
-        packed=_pack_pairs(examples),
+        packed=pack_pairs(examples),
         ref_chosen_logps=torch.tensor([e.ref_chosen_logps for e in examples]),
         ref_rejected_logps=torch.tensor([e.ref_rejected_logps for e in examples]),
         chosen_rewards=torch.tensor([e.chosen_reward for e in examples]),

@@ -33,6 +33,7 @@ class PackedBatch:
     predict_positions: torch.Tensor  # (N,) row position whose logits predict each target
     target_ids: torch.Tensor  # (N,) the response tokens
     sequence_index: torch.Tensor  # (N,) which sequence (item, branch) each target belongs to, in 0..S-1
+    target_positions: torch.Tensor  # (N,) row position of each target token itself (a head reads a reply there)
     num_sequences: int  # S: items × branches, ordered item by item, branch by branch
     num_tokens: int  # T, real tokens processed
 
@@ -43,7 +44,8 @@ class PackedBatch:
             mask = torch.where(mask == 0, 0.0, torch.finfo(dtype).min).to(dtype)
         return PackedBatch(self.input_ids.to(device), self.position_ids.to(device), mask.to(device),
                            self.predict_positions.to(device), self.target_ids.to(device),
-                           self.sequence_index.to(device), self.num_sequences, self.num_tokens)
+                           self.sequence_index.to(device), self.target_positions.to(device), self.num_sequences,
+                           self.num_tokens)
 
 
 def pack(items: list[tuple[list[int], list[list[int]]]], dtype: torch.dtype = torch.float32) -> PackedBatch:
@@ -55,7 +57,7 @@ def pack(items: list[tuple[list[int], list[list[int]]]], dtype: torch.dtype = to
     input_ids: list[int] = []
     positions: list[int] = []
     owner: list[tuple[int, int]] = []  # (item, branch) per row token; branch 0 is the prompt
-    predict, targets, sequence = [], [], []
+    predict, targets, sequence, own = [], [], [], []
     num_sequences = 0
     for item, (prompt_ids, responses) in enumerate(items):
         if not prompt_ids or not responses or any(len(r) == 0 for r in responses):
@@ -72,6 +74,7 @@ def pack(items: list[tuple[list[int], list[list[int]]]], dtype: torch.dtype = to
             owner += [(item, branch)] * len(response_ids)
             predict += [last_prompt] + list(range(start, start + len(response_ids) - 1))
             targets += response_ids
+            own += range(start, start + len(response_ids))
             sequence += [num_sequences] * len(response_ids)
             num_sequences += 1
     length = len(input_ids)
@@ -84,7 +87,7 @@ def pack(items: list[tuple[list[int], list[list[int]]]], dtype: torch.dtype = to
     return PackedBatch(
         input_ids=torch.tensor([input_ids]), position_ids=torch.tensor([positions]),
         attention_mask=mask[None, None], predict_positions=torch.tensor(predict),
-        target_ids=torch.tensor(targets), sequence_index=torch.tensor(sequence),
+        target_ids=torch.tensor(targets), sequence_index=torch.tensor(sequence), target_positions=torch.tensor(own),
         num_sequences=num_sequences, num_tokens=length,
     )
 
@@ -110,6 +113,12 @@ def packed_target_logps(model: torch.nn.Module, batch: PackedBatch) -> torch.Ten
 
     logits = packed_logits(model, batch)  # (N, V)
     return per_token_logps(logits[None], batch.target_ids.to(logits.device)[None])[0]
+
+
+def last_positions(batch: PackedBatch) -> torch.Tensor:
+    """Row position of each sequence's last token, (S,), in sequence order: where a head reads a whole reply."""
+    last = torch.zeros(batch.num_sequences, dtype=torch.long, device=batch.target_positions.device)
+    return last.scatter_reduce(0, batch.sequence_index, batch.target_positions, reduce="amax")
 
 
 def sequence_sums(values: torch.Tensor, batch: PackedBatch) -> torch.Tensor:

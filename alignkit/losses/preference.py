@@ -1,8 +1,8 @@
-"""Losses as pure functions of log-probabilities: DPO and its variants, SFT, and the log-prob helpers.
+"""Preference losses: DPO and its variants over policy/reference log-ratios, and the reward model's
+Bradley–Terry and regression losses over predicted scores.
 
-Shapes: ``logps`` are sequence log-probs summed over response tokens, ``(B,)``; ``per_token_logps`` are
-``(B, T)``; a ``response_mask`` is ``True`` where a token counts. No function here reduces over the batch
-(except :func:`sft_loss_sum`, whose sum is its documented contract); the caller takes ``.mean()``.
+Shapes: ``logps`` are sequence log-probs summed over response tokens, ``(B,)``. Nothing here reduces over the
+batch; the caller sums or averages.
 """
 
 from __future__ import annotations
@@ -13,12 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-IGNORE_INDEX = -100
-"""Label value that marks a position with no target (prompt or padding), as in ``F.cross_entropy``."""
-
-_UPCAST_CHUNK = 1024
-"""Positions whose bf16/fp16 logits `per_token_logps` casts to float32 at once: 1024 × V floats (128 MiB at
-V = 32k)."""
+from alignkit.losses.likelihood import IGNORE_INDEX
 
 
 # --- DPO variants -------------------------------------------------------------------------------------
@@ -185,131 +180,34 @@ def dpo_loss(
     return losses, beta * chosen_log_ratio.detach(), beta * rejected_log_ratio.detach()
 
 
-# --- SFT and log-prob helpers ------------------------------------------------------------------------------
+# --- Reward model --------------------------------------------------------------------------------------
 
 
-def _check_same_shape(per_token_logps: Tensor, response_mask: Tensor) -> None:
-    if per_token_logps.shape != response_mask.shape:
-        raise ValueError(
-            f"per_token_logps and response_mask must have the same shape (B, T), got "
-            f"{tuple(per_token_logps.shape)} and {tuple(response_mask.shape)}"
-        )
+def bradley_terry_loss(chosen_rewards: Tensor, rejected_rewards: Tensor, margin: Tensor | None = None) -> Tensor:
+    """Bradley–Terry loss of a reward model, per pair, ``(B,)``: −log σ(r_c − r_r − m).
 
-
-def sft_loss_sum(per_token_logps: Tensor, response_mask: Tensor) -> Tensor:
-    """Summed negative log-likelihood over response tokens: −Σ_{b,t} mask[b,t] · log p(y_{b,t}), a scalar.
-
-    A sum, not a mean, on purpose: the training loop divides by the number of real (masked-in) tokens in the
-    *global* batch, across gradient-accumulation steps and processes, so that every token weighs the same
-    however the batch is split (a per-micro-batch mean would over-weight tokens of short micro-batches).
-
-    Args:
-        per_token_logps: (B, T) log p of each label, e.g. from :func:`per_token_logps`.
-        response_mask: (B, T), ``True`` (or 1) where a token counts.
+    The model of Bradley & Terry (1952) as used for RLHF reward models (Ouyang et al. 2022, arXiv:2203.02155,
+    eq. 1): P(y_c ≻ y_r) = σ(r_c − r_r). ``margin`` m (``(B,)``, optional) asks for a gap of at least m before
+    the loss flattens — Llama 2's margin loss (Touvron et al. 2023, arXiv:2307.09288, eq. 2), with m larger for
+    pairs the labellers (here: the gold judge) separate more.
     """
-    _check_same_shape(per_token_logps, response_mask)
-    # where, not a product: a masked-out −inf would make 0·(−inf) = NaN.
-    return -torch.where(response_mask.bool(), per_token_logps, 0.0).sum()
+    if chosen_rewards.shape != rejected_rewards.shape or chosen_rewards.dim() != 1:
+        raise ValueError(f"chosen_rewards and rejected_rewards must both be (B,), got {tuple(chosen_rewards.shape)} "
+                         f"and {tuple(rejected_rewards.shape)}")
+    gap = chosen_rewards - rejected_rewards
+    if margin is not None:
+        gap = gap - margin
+    return -F.logsigmoid(gap)
 
 
-def sequence_logps(per_token_logps: Tensor, response_mask: Tensor) -> Tensor:
-    """log π(y|x) = Σ_t mask[b,t] · log p(y_{b,t}): per-token log-probs summed over response tokens, (B,).
-
-    Args:
-        per_token_logps: (B, T).
-        response_mask: (B, T), ``True`` (or 1) where a token counts.
+def masked_mse(predictions: Tensor, labels: Tensor, ignore_value: float = IGNORE_INDEX) -> tuple[Tensor, Tensor]:
+    """Squared errors of a regression reward head, ``(B, A)`` for A attributes, with 0 where the label is
+    ``ignore_value`` (an attribute the example does not rate, as in SteerLM's attribute model), and the number
+    of rated elements — the caller divides the summed errors by the global count.
     """
-    _check_same_shape(per_token_logps, response_mask)
-    return torch.where(response_mask.bool(), per_token_logps, 0.0).sum(-1)
-
-
-def per_token_logps(logits: Tensor, labels: Tensor) -> Tensor:
-    """log p(labels[b,t]) under softmax(logits[b,t]), (B, T); 0 where ``labels`` is -100.
-
-    Equals ``log_softmax(logits, -1).gather(-1, labels[..., None])[..., 0]`` at real labels, but is computed
-    as ``logits.gather(label) − logsumexp(logits)`` so that no (B, T, V) log-softmax is materialised. Low
-    precision logits (bf16, fp16) are cast up to float32 ``_UPCAST_CHUNK`` positions at a time: a bf16
-    logsumexp keeps ~3 significant digits (errors up to 0.1 for logits of scale 3 over 32k tokens), and
-    casting the whole batch at once would materialise a float32 (B, T, V) copy. Chunking positions rather
-    than rows also bounds the copy for one long packed row (B = 1); casting piece by piece is the idea of
-    ``selective_log_softmax`` in trl/trainer/utils.py (trl f2cd577), which goes row by row. float32 and
-    float64 logits are used as they are.
-
-    Args:
-        logits: (B, T, V), position t scoring labels[:, t] (shift before calling for next-token prediction).
-        labels: (B, T) integer token ids in [0, V), or -100 for positions without a target.
-
-    Returns:
-        (B, T) log-probs, float32 for low-precision logits, else the logits' dtype.
-    """
-    if logits.shape[:-1] != labels.shape:
-        raise ValueError(
-            f"logits must be (B, T, V) and labels (B, T) with the same B, T; got logits "
-            f"{tuple(logits.shape)} and labels {tuple(labels.shape)}"
-        )
-    ignored = labels == IGNORE_INDEX
-    vocab_size = logits.shape[-1]
-    if bool((((labels < 0) & ~ignored) | (labels >= vocab_size)).any()):
-        raise ValueError(f"labels must be token ids in [0, {vocab_size}) or {IGNORE_INDEX}; found others")
-    safe_labels = labels.masked_fill(ignored, 0)  # any valid index; those positions are zeroed below
-
-    def gather_minus_logsumexp(rows_logits: Tensor, rows_labels: Tensor) -> Tensor:
-        chosen = rows_logits.gather(-1, rows_labels.unsqueeze(-1)).squeeze(-1)
-        return chosen - torch.logsumexp(rows_logits, dim=-1)
-
-    if logits.dtype in (torch.float32, torch.float64):
-        logps = gather_minus_logsumexp(logits, safe_labels)
-    else:
-        flat_logits, flat_labels = logits.reshape(-1, vocab_size), safe_labels.reshape(-1)  # (B·T, V), (B·T,)
-        logps = torch.cat([
-            gather_minus_logsumexp(chunk_logits.float(), chunk_labels)  # (≤ _UPCAST_CHUNK, V) float32 at a time
-            for chunk_logits, chunk_labels in zip(flat_logits.split(_UPCAST_CHUNK), flat_labels.split(_UPCAST_CHUNK))
-        ]).view(labels.shape)
-    return logps.masked_fill(ignored, 0.0)
-
-
-# --- DRaFT+ -------------------------------------------------------------------------------------------
-
-
-def draftplus_loss(
-    rewards: Tensor, eps_theta: list[Tensor], eps_init: list[Tensor], lam: float
-) -> tuple[Tensor, Tensor, Tensor]:
-    """DRaFT+ loss: maximise the reward, stay close to the initial model's noise predictions.
-
-    DRaFT (Clark et al. 2023, "Directly Fine-Tuning Diffusion Models on Differentiable Rewards") maximises
-    r(x₀, c) by back-propagating through the last K DDIM steps; DRaFT+ (NVIDIA NeMo-Aligner) adds a penalty
-    that keeps the fine-tuned model's noise predictions on the last K steps of its own chain near the initial
-    model's, which preserves sample diversity (less reward over-optimisation / mode collapse)::
-
-        L = − mean_b r(x₀ᵇ, cᵇ)  +  λ · mean_{k ∈ last K} mean_{b, elements} (ε_θ(x_tₖ, tₖ, c) − ε_init(x_tₖ, tₖ, c))²
-
-    where ε_init is the frozen initial model evaluated at the same x_t (a constant target, no gradient).
-    With λ = 0 this is the plain DRaFT loss ``−mean r``.
-
-    Args:
-        rewards: (B,) differentiable rewards of the sampled images.
-        eps_theta: one tensor per regularised step, each (B, C, H, W), with gradients.
-        eps_init: same shapes, the initial model's predictions (detached here in any case).
-        lam: λ ≥ 0.
-
-    Returns:
-        ``(loss, reward_term, reg_term)``: the scalar loss, ``mean r`` and the regulariser (0 when there are no
-        steps), each a 0-dim tensor; ``loss = −reward_term + λ · reg_term``.
-    """
-    if rewards.dim() != 1:
-        raise ValueError(f"rewards must be (B,); got shape {tuple(rewards.shape)}")
-    if len(eps_theta) != len(eps_init):
-        raise ValueError(f"eps_theta and eps_init must list the same steps; got {len(eps_theta)} and {len(eps_init)}")
-    if lam < 0:
-        raise ValueError(f"lam must be >= 0; got {lam}")
-    for a, b in zip(eps_theta, eps_init):
-        if a.shape != b.shape:
-            raise ValueError(f"eps_theta and eps_init shapes differ: {tuple(a.shape)} vs {tuple(b.shape)}")
-    reward_term = rewards.float().mean()
-    if eps_theta:
-        reg_term = torch.stack([
-            (a.float() - b.detach().float()).pow(2).mean() for a, b in zip(eps_theta, eps_init)
-        ]).mean()
-    else:
-        reg_term = reward_term.new_zeros(())
-    return -reward_term + lam * reg_term, reward_term, reg_term
+    if predictions.shape != labels.shape:
+        raise ValueError(f"predictions and labels must have the same shape, got {tuple(predictions.shape)} and "
+                         f"{tuple(labels.shape)}")
+    rated = labels != ignore_value
+    errors = torch.where(rated, (predictions - labels) ** 2, 0.0)
+    return errors, rated.sum()

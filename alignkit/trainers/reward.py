@@ -1,0 +1,165 @@
+"""Reward models over the shared loop: Bradley–Terry, margin Bradley–Terry, and regression on given scores.
+
+A pair (x, y_c, y_r) is packed as one item with two branches (the prompt encoded once) and a head model
+(:mod:`alignkit.models.heads`) is read at each reply's last token: r(x, y). The losses
+(:mod:`alignkit.losses.preference`):
+
+- ``bradley_terry``: −log σ(r_c − r_r), averaged over pairs (InstructGPT's reward model);
+- ``margin``: −log σ(r_c − r_r − m) with m = ``margin_scale`` · (g_c − g_r), the gold gap (Llama 2's margin);
+- ``regression``: ½-free masked MSE of r(x, y) against each reply's given score, averaged over replies
+  (SteerLM's attribute model regresses this way).
+
+Before PPO the scores are normalised (:class:`ScoreNormalizer`): mean 0, standard deviation 1 over the SFT
+model's own samples, so that the KL coefficient means the same whatever the head's scale.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from alignkit.losses import bradley_terry_loss, masked_mse
+from alignkit.models.heads import packed_head_outputs
+from alignkit.trainers.loop import StepOutput, TrainConfig, TrainResult, train
+from alignkit.trainers.packing import last_positions, pack
+from alignkit.trainers.pairs import PairExample, pack_pairs
+from alignkit.trainers.sft import tokenize_turn
+
+REWARD_LOSSES = ("bradley_terry", "margin", "regression")
+
+
+@dataclass
+class RewardConfig:
+    """What reward-model training adds to :class:`TrainConfig`."""
+
+    loss_type: str = "bradley_terry"
+    """bradley_terry, margin or regression"""
+    margin_scale: float = 1.0
+    """margin loss: m = margin_scale × (chosen score − rejected score)"""
+
+    def __post_init__(self) -> None:
+        if self.loss_type not in REWARD_LOSSES:
+            raise ValueError(f"loss_type must be one of {', '.join(REWARD_LOSSES)}, got {self.loss_type!r}")
+        if self.margin_scale < 0:
+            raise ValueError(f"margin_scale must be >= 0, got {self.margin_scale}")
+
+
+@dataclass
+class ScoredPairs:
+    """A micro-batch of pairs: one packed row and each pair's given scores."""
+
+    packed: object
+    chosen_scores: torch.Tensor  # (B,)
+    rejected_scores: torch.Tensor  # (B,)
+
+
+def collate_scored_pairs(examples: list[PairExample]) -> ScoredPairs:
+    return ScoredPairs(pack_pairs(examples), torch.tensor([e.chosen_reward for e in examples]),
+                       torch.tensor([e.rejected_reward for e in examples]))
+
+
+def pair_scores(model: torch.nn.Module, packed) -> tuple[torch.Tensor, torch.Tensor]:
+    """r(x, y_c) and r(x, y_r), each (B,), for a packed pair batch (the head's first output)."""
+    scores = packed_head_outputs(model, packed, last_positions(packed))[:, 0].view(-1, 2)  # (B, 2)
+    return scores[:, 0], scores[:, 1]
+
+
+def reward_step(model: torch.nn.Module, batch: ScoredPairs, config: RewardConfig) -> StepOutput:
+    """Summed loss over the micro-batch's pairs (or replies, for regression), and the sums the notebook plots."""
+    chosen, rejected = pair_scores(model, batch.packed)
+    given_c, given_r = batch.chosen_scores.to(chosen.device), batch.rejected_scores.to(chosen.device)
+    if config.loss_type == "regression":
+        errors, _ = masked_mse(torch.stack([chosen, rejected], 1), torch.stack([given_c, given_r], 1))
+        loss_sum = errors.sum()
+    else:
+        margin = config.margin_scale * (given_c - given_r) if config.loss_type == "margin" else None
+        loss_sum = bradley_terry_loss(chosen, rejected, margin).sum()
+    metrics = {"accuracy": (chosen > rejected).float().sum(), "margin": (chosen - rejected).detach().sum(),
+               "chosen": chosen.detach().sum(), "rejected": rejected.detach().sum()}
+    return StepOutput(loss_sum, metrics)
+
+
+def reward_units(config: RewardConfig):
+    """Pairs for the Bradley–Terry losses, replies (2 per pair) for regression."""
+    per_pair = 2 if config.loss_type == "regression" else 1
+    return lambda batch: per_pair * int(batch.chosen_scores.numel())
+
+
+def run_reward_model(model: torch.nn.Module, examples: Sequence[PairExample], *, reward: RewardConfig,
+                     config: TrainConfig, output_dir: str | Path | None = None, **loop_kwargs) -> TrainResult:
+    """Train a head model on tokenized pairs (their ``chosen_reward``/``rejected_reward`` are the given scores)."""
+    if reward.loss_type != "bradley_terry" and all(e.chosen_reward == e.rejected_reward == 0 for e in examples):
+        raise ValueError(f"loss_type={reward.loss_type!r} needs given scores: set chosen_score/rejected_score on the "
+                         f"records (e.g. the gold judge's)")
+    return train(model, list(examples), collate=collate_scored_pairs, step=lambda m, b: reward_step(m, b, reward),
+                 units=reward_units(reward), config=config, output_dir=output_dir, desc=f"reward model ({reward.loss_type})",
+                 **loop_kwargs)
+
+
+@torch.no_grad()
+def score_pairs(model: torch.nn.Module, examples: Sequence[PairExample], *, batch_size: int = 8
+                ) -> tuple[list[float], list[float]]:
+    """The head's scores of every pair's chosen and rejected reply."""
+    was_training = model.training
+    model.eval()
+    chosen, rejected = [], []
+    try:
+        for start in range(0, len(examples), batch_size):
+            c, r = pair_scores(model, pack_pairs(list(examples[start:start + batch_size])))
+            chosen += c.tolist()
+            rejected += r.tolist()
+    finally:
+        model.train(was_training)
+    return chosen, rejected
+
+
+@torch.no_grad()
+def score_replies(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                  replies: Sequence[str], *, max_length: int = 256, batch_size: int = 16) -> list[float]:
+    """r(x, y) for each prompt and reply text (the reply ends with the end-of-turn token, as in training)."""
+    if len(prompts) != len(replies):
+        raise ValueError(f"got {len(prompts)} prompts and {len(replies)} replies; pass one reply per prompt")
+    items = []
+    for index, (prompt, reply) in enumerate(zip(prompts, replies)):
+        example = tokenize_turn(tokenizer, prompt, reply, max_length)
+        if example is None:
+            raise ValueError(f"prompt {index} alone is longer than max_length={max_length} tokens")
+        items.append((example.prompt_ids, [example.response_ids]))
+    was_training = model.training
+    model.eval()
+    scores = []
+    try:
+        for start in range(0, len(items), batch_size):
+            packed = pack(items[start:start + batch_size])
+            scores += packed_head_outputs(model, packed, last_positions(packed))[:, 0].tolist()
+    finally:
+        model.train(was_training)
+    return scores
+
+
+@dataclass
+class ScoreNormalizer:
+    """r ↦ (r − mean) / std, fitted once (on the SFT model's samples) and then fixed."""
+
+    mean: float
+    std: float
+
+    @classmethod
+    def fit(cls, scores: Sequence[float]) -> "ScoreNormalizer":
+        if len(scores) < 2:
+            raise ValueError("fitting a normaliser needs at least 2 scores")
+        values = torch.tensor(list(scores), dtype=torch.float64)
+        if not torch.isfinite(values).all():
+            raise ValueError("scores to fit the normaliser on contain NaN or inf")
+        std = values.std().item()
+        if not std > 0 or math.isnan(std):
+            raise ValueError("all scores are equal: a normaliser cannot be fitted")
+        return cls(values.mean().item(), std)
+
+    def __call__(self, scores: torch.Tensor) -> torch.Tensor:
+        return (scores - self.mean) / self.std
