@@ -259,8 +259,12 @@ def kl_to_reference(policy: PreTrainedModel, reference: PreTrainedModel, tokeniz
 
 @torch.no_grad()
 def kl_per_prompt(policy: PreTrainedModel, reference: PreTrainedModel, tokenizer: PreTrainedTokenizerBase,
-                  prompts: list[str], responses: list[str], *, batch_size: int = 8) -> list[float]:
+                  prompts: list[str], responses: list[str], *, ended: list[bool] | None = None,
+                  batch_size: int = 8) -> list[float]:
     """For each prompt, Σ_t KL(π(·|x, y_<t) ‖ π_ref(·|x, y_<t)) over the tokens of its response.
+
+    ``ended[i]`` False: response i was cut at a token limit, so the position after its last token (where an
+    end-of-turn token would be predicted) is not part of it. Default: every response ended.
 
     The KL is the full-distribution one at every response token (a sum over the vocabulary, not a
     single-sample estimate); pass responses sampled from ``policy`` for the usual KL(π ‖ π_ref) estimate of
@@ -271,11 +275,15 @@ def kl_per_prompt(policy: PreTrainedModel, reference: PreTrainedModel, tokenizer
 
     if not prompts or len(prompts) != len(responses):
         raise ValueError("prompts and responses must be non-empty lists of the same length")
+    ended = [True] * len(prompts) if ended is None else list(ended)
+    if len(ended) != len(prompts):
+        raise ValueError(f"ended has {len(ended)} flags for {len(prompts)} responses; pass one per response")
     totals = []
     for start in range(0, len(prompts), batch_size):
         items = []
-        for prompt, response in zip(prompts[start:start + batch_size], responses[start:start + batch_size]):
-            example = tokenize_turn(tokenizer, prompt, response, max_length=10**6)
+        for prompt, response, done in zip(prompts[start:start + batch_size], responses[start:start + batch_size],
+                                          ended[start:start + batch_size]):
+            example = tokenize_turn(tokenizer, prompt, response, max_length=10**6, ended=done)
             items.append((example.prompt_ids, [example.response_ids]))
         batch = pack(items)
         policy_logps, reference_logps = (F.log_softmax(packed_logits(model, batch).float(), dim=-1)  # (N, V)

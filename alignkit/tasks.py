@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
+from typing import NamedTuple
 
 from alignkit.data import FAMILIES, arithmetic_correct, gold_reward, make_prompts, word_count
 from alignkit.evaluate import change_verdict, mcnemar_test, means_by_group, paired_comparison
@@ -49,39 +50,59 @@ def arithmetic_target(prompt: dict) -> str:
     return f"{meta['a']} {meta['op']} {meta['b']} = {meta['answer']}"
 
 
-def sft_records(prompts: list[dict], targets: list[str]) -> list[dict]:
-    """SFT records (``{"messages": [user, assistant], "item", "family"}``) from prompts and their target replies."""
-    return [{"messages": [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": t}],
-             "family": p["family"], "item": p["item"]}
-            for p, t in zip(prompts, targets)]
+def sft_records(prompts: list[dict], targets: list[str], ended: Sequence[bool] | None = None) -> list[dict]:
+    """SFT records (``{"messages": [user, assistant], "item", "family"}``) from prompts and their target replies;
+    a target that did not end (``ended[i]`` False: cut at the sampling limit) is marked ``truncated``, so it is
+    learnt without an end-of-turn token."""
+    ended = [True] * len(prompts) if ended is None else list(ended)
+    records = []
+    for p, t, done in zip(prompts, targets, ended, strict=True):
+        record = {"messages": [{"role": "user", "content": p["prompt"]}, {"role": "assistant", "content": t}],
+                  "family": p["family"], "item": p["item"]}
+        if not done:
+            record["truncated"] = True
+        records.append(record)
+    return records
 
 
-def best_of_k(prompts: Sequence[dict], samples: Sequence[Sequence[str]], *,
-              judge: Callable[[dict, str], float] = gold_reward, min_score: float = 0.0) -> list[tuple[dict, str, float]]:
+class Kept(NamedTuple):
+    """A prompt's best sample under rejection sampling."""
+
+    prompt: dict
+    reply: str
+    score: float
+    ended: bool
+
+
+def best_of_k(prompts: Sequence[dict], samples: Sequence[Sequence[str]], *, ended: Sequence[Sequence[bool]] | None = None,
+              judge: Callable[[dict, str], float] = gold_reward, min_score: float = 0.0) -> list[Kept]:
     """Rejection sampling: for each prompt its best sample by ``judge``, kept only when it scores above
     ``min_score`` (with the gold judge's scales, 0 keeps a refusal, a right answer, a reply with the requested
-    sentiment or the topic's keywords). Returns ``(prompt, reply, score)`` for the kept prompts, in order;
-    among equal scores the first sample wins."""
+    sentiment or the topic's keywords). Returns a :class:`Kept` for each kept prompt, in order (``ended`` from
+    the samples' flags, True if none are given); among equal scores the first sample wins."""
     if len(prompts) != len(samples):
         raise ValueError(f"got {len(prompts)} prompts but {len(samples)} sample lists; pass one list per prompt")
+    ended = [[True] * len(replies) for replies in samples] if ended is None else ended
     kept = []
-    for prompt, replies in zip(prompts, samples):
+    for prompt, replies, flags in zip(prompts, samples, ended, strict=True):
         scores = [judge(prompt, reply) for reply in replies]
         best = max(range(len(replies)), key=lambda i: (scores[i], -i))
         if scores[best] > min_score:
-            kept.append((prompt, replies[best], scores[best]))
+            kept.append(Kept(prompt, replies[best], scores[best], bool(flags[best])))
     return kept
 
 
 def best_worst_pairs(prompts: Sequence[dict], samples: Sequence[Sequence[str]], *,
+                     ended: Sequence[Sequence[bool]] | None = None,
                      judge: Callable[[dict, str], float] = gold_reward, keep_ties: bool = False) -> list[dict]:
     """Preference records from k samples per prompt: the best sample by ``judge`` is ``chosen``, the worst
     ``rejected``; prompts whose samples all score the same are dropped (no preference to learn), unless
     ``keep_ties`` (the smoke profile's random model ties everywhere: then the first and last samples pair up)."""
     if len(prompts) != len(samples):
         raise ValueError(f"got {len(prompts)} prompts but {len(samples)} sample lists; pass one list per prompt")
+    ended = [[True] * len(replies) for replies in samples] if ended is None else ended
     records = []
-    for prompt, replies in zip(prompts, samples):
+    for prompt, replies, flags in zip(prompts, samples, ended, strict=True):
         if len(replies) < 2:
             raise ValueError(f"prompt {prompt.get('id')!r} has {len(replies)} samples; pairs need at least 2")
         scores = [judge(prompt, reply) for reply in replies]
@@ -93,7 +114,8 @@ def best_worst_pairs(prompts: Sequence[dict], samples: Sequence[Sequence[str]], 
             best, worst = 0, len(replies) - 1
         records.append({"prompt": prompt["prompt"], "chosen": replies[best], "rejected": replies[worst],
                         "chosen_score": scores[best], "rejected_score": scores[worst], "id": prompt["id"],
-                        "family": prompt["family"], "item": prompt["item"]})
+                        "family": prompt["family"], "item": prompt["item"],
+                        "chosen_truncated": not flags[best], "rejected_truncated": not flags[worst]})
     return records
 
 

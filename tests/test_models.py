@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from alignkit import generation, models
+from alignkit import models
 from alignkit.generation import chat_generate, format_chat, sample_replies
 
 
@@ -62,38 +62,16 @@ def test_load_and_generate_with_tiny_model(tiny_dir):
     assert summary.params == 259 * 64 + 2 * (attention + mlp + 2 * 64) + 64
 
 
-def test_copies_of_one_prompt_pass_decode_as_the_plain_path(tiny_dir):
-    # k replies per prompt reuse one prompt pass (its KV cache copied k times): greedy, each copy must be the
-    # reply generate gives from scratch, for left-padded prompts of different lengths (positions follow the mask)
-    model, tokenizer = models.load_model(str(tiny_dir))
-    prompts = ["x", "a longer prompt, padded less", "mid-sized one"]
-    plain = chat_generate(model, tokenizer, prompts, max_new_tokens=6, batch_size=3)
-    shared = chat_generate(model, tokenizer, prompts, max_new_tokens=6, batch_size=3, num_return_sequences=3)
-    assert shared == [reply for reply in plain for _ in range(3)]
-
-
-def test_the_copied_prompt_cache_gives_the_unpadded_prompts_logits(tiny_dir):
-    # reference: each prompt alone, no padding, one plain forward; the cached path sees it left-padded in a batch
-    model, tokenizer = models.load_model(str(tiny_dir))
-    texts = [format_chat(tokenizer, p) for p in ["x", "a longer prompt, padded less", "mid-sized one"]]
-    alone = torch.cat([model(**tokenizer(t, return_tensors="pt", add_special_tokens=False)).logits[:, -1]
-                       for t in texts])  # (3, V)
-    tokenizer.padding_side = "left"
-    batch = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    ids, mask = batch["input_ids"], batch["attention_mask"]
-    cache = generation._prompt_cache(model, ids, mask, copies=2)
-    last = model(input_ids=ids[:, -1:].repeat_interleave(2, 0), attention_mask=mask.repeat_interleave(2, 0),
-                 position_ids=(mask.sum(-1, keepdim=True) - 1).repeat_interleave(2, 0), cache=cache).logits[:, -1]
-    scale = alone.abs().max().item()
-    assert torch.allclose(last, alone.repeat_interleave(2, 0), rtol=0, atol=1e-4 * scale)
-
-
 def test_sample_replies_is_seeded_and_grouped_by_prompt(tiny_dir):
     model, tokenizer = models.load_model(str(tiny_dir))
     prompts = ["one", "two prompts", "three"]
-    first = sample_replies(model, tokenizer, prompts, num_samples=4, seed=11, max_new_tokens=8, batch_size=2)
+    first, ended = sample_replies(model, tokenizer, prompts, num_samples=4, seed=11, max_new_tokens=8, batch_size=2)
     assert len(first) == 3 and all(len(replies) == 4 for replies in first)
-    assert sample_replies(model, tokenizer, prompts, num_samples=4, seed=11, max_new_tokens=8, batch_size=2) == first
+    assert [len(flags) for flags in ended] == [4, 4, 4]
+    assert sample_replies(model, tokenizer, prompts, num_samples=4, seed=11, max_new_tokens=8,
+                          batch_size=2)[0] == first
+    assert sample_replies(model, tokenizer, prompts, num_samples=4, seed=12, max_new_tokens=8,
+                          batch_size=2)[0] != first
     assert len({reply for replies in first for reply in replies}) > 4  # the copies sample independently
     with pytest.raises(ValueError, match="num_samples"):
         sample_replies(model, tokenizer, prompts, num_samples=0, seed=0)

@@ -56,6 +56,8 @@ def test_missing_field_names_record_index_field_and_fix():
         ({**PREFERENCE, "prompt": "  "}, validate_preference, "field 'prompt' is empty"),
         ({**MULTI_TURN, "prompt": MULTI_TURN["prompt"][:2]}, validate_preference, "'prompt' must end with a user"),
         ({**PREFERENCE, "rejected_score": "high"}, validate_preference, "'rejected_score' must be a number"),
+        ({**SFT, "truncated": "yes"}, validate_sft, "field 'truncated' must be true, false or absent"),
+        ({**PREFERENCE, "chosen_truncated": 1}, validate_preference, "field 'chosen_truncated' must be true"),
         ({**ATTRIBUTE, "verbosity": 5}, validate_attribute, "field 'verbosity' is 5, outside 0..4"),
         ({**ATTRIBUTE, "coherence": 2.5}, validate_attribute, "field 'coherence' must be an int in 0..4"),
         ({**ATTRIBUTE, "complexity": True}, validate_attribute, "field 'complexity' must be an int"),

@@ -40,9 +40,29 @@ def test_best_of_k_keeps_the_best_positive_sample():
     samples = [["Sure, here's how.", "I'm sorry, but I can't help with that."],  # refusal (+1) wins
                ["Sure.", "Okay, here you go."],                                # both −1: dropped
                ["It is Lyon.", "Paris, of course.", "Paris."]]                  # first of the tied best
-    kept = tasks.best_of_k([HARMFUL, HARMFUL, QUESTION], samples)
-    assert [(p["family"], reply, score) for p, reply, score in kept] == [
-        ("harmful", "I'm sorry, but I can't help with that.", 1.0), ("question", "Paris, of course.", 1.0)]
+    ended = [[True, False], [True, True], [True, True, False]]
+    kept = tasks.best_of_k([HARMFUL, HARMFUL, QUESTION], samples, ended=ended)
+    assert [(k.prompt["family"], k.reply, k.score, k.ended) for k in kept] == [
+        ("harmful", "I'm sorry, but I can't help with that.", 1.0, False), ("question", "Paris, of course.", 1.0, True)]
+    assert all(k.ended for k in tasks.best_of_k([HARMFUL, HARMFUL, QUESTION], samples))  # no flags: all ended
+
+
+def test_a_target_cut_at_the_sampling_limit_is_learnt_without_an_end_token(tiny_dir):
+    from alignkit.models import load_model
+    from alignkit.trainers.pairs import tokenize_pairs
+    from alignkit.trainers.sft import tokenize_sft
+
+    tokenizer = load_model(str(tiny_dir))[1]
+    records = tasks.sft_records([QUESTION, QUESTION], ["Paris is the", "Paris."], ended=[False, True])
+    assert records[0]["truncated"] is True and "truncated" not in records[1]
+    cut, whole = tokenize_sft(tokenizer, records, 256)
+    text_ids = tokenizer("Paris is the", add_special_tokens=False)["input_ids"]
+    assert cut.response_ids == text_ids  # no end-of-turn token
+    assert whole.response_ids[-1] == tokenizer.eos_token_id
+    pairs = tasks.best_worst_pairs([QUESTION], [["Paris.", "Lyon is a"]], ended=[[True, False]])
+    assert pairs[0]["chosen_truncated"] is False and pairs[0]["rejected_truncated"] is True
+    (example,) = tokenize_pairs(tokenizer, pairs, 256)
+    assert example.chosen_ids[-1] == tokenizer.eos_token_id and example.rejected_ids[-1] != tokenizer.eos_token_id
 
 
 def test_best_worst_pairs_drop_ties_unless_asked():

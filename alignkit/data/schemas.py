@@ -99,7 +99,16 @@ def validate_sft(record: Any, *, index: int | None = None) -> dict:
     if "messages" not in record:
         raise _fail(index, f"field 'messages' is missing; {_SFT_NEEDS}")
     _check_messages(record["messages"], "messages", index, last_role="assistant")
+    _check_flag(record, "truncated", index)
     return record
+
+
+def _check_flag(record: dict, field: str, index: int | None) -> None:
+    """An optional boolean: ``truncated`` marks a reply cut at a token limit (it gets no end-of-turn token)."""
+    value = record.get(field)
+    if value is not None and not isinstance(value, bool):
+        raise _fail(index, f"field '{field}' must be true, false or absent, got {value!r:.40}; it marks a reply "
+                           f"that was cut at a token limit")
 
 
 def _check_score(record: dict, field: str, index: int | None) -> None:
@@ -125,6 +134,8 @@ def validate_preference(record: Any, *, index: int | None = None) -> dict:
         _check_string(record, field, index, _PREFERENCE_NEEDS)
     for field in ("chosen_score", "rejected_score"):
         _check_score(record, field, index)
+    for field in ("chosen_truncated", "rejected_truncated"):
+        _check_flag(record, field, index)
     return record
 
 

@@ -31,11 +31,14 @@ class PairExample:
 
 
 def tokenize_pairs(tokenizer: PreTrainedTokenizerBase, records: Sequence[dict], max_length: int) -> list[PairExample]:
-    """Validate preference records and tokenize them (rewards from ``chosen_score``/``rejected_score`` if given)."""
+    """Validate preference records and tokenize them (rewards from ``chosen_score``/``rejected_score`` if given; a
+    reply marked ``chosen_truncated``/``rejected_truncated`` was cut at a token limit and gets no end token)."""
     examples = []
     for index, record in enumerate(validate_records(records, "preference")):
-        chosen = tokenize_turn(tokenizer, record["prompt"], record["chosen"], max_length)
-        rejected = tokenize_turn(tokenizer, record["prompt"], record["rejected"], max_length)
+        chosen = tokenize_turn(tokenizer, record["prompt"], record["chosen"], max_length,
+                               ended=not record.get("chosen_truncated", False))
+        rejected = tokenize_turn(tokenizer, record["prompt"], record["rejected"], max_length,
+                                 ended=not record.get("rejected_truncated", False))
         if chosen is None or rejected is None:
             raise ValueError(f"record {index}: the prompt alone is longer than max_length={max_length} tokens; "
                              f"raise max_length or shorten the prompt")

@@ -54,15 +54,19 @@ class ChatExample:
 
 
 def tokenize_turn(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict], response: str,
-                  max_length: int) -> ChatExample | None:
+                  max_length: int, *, ended: bool = True) -> ChatExample | None:
     """Prompt ids (chat template up to the assistant header) and response ids (text + end-of-turn token).
 
-    Returns None when the prompt alone leaves no room for a response token within ``max_length``.
+    ``ended=False`` (a reply cut at a sampling limit) leaves the end-of-turn token out: the model should not learn,
+    or be scored for, stopping where a token budget happened to stop it. Returns None when the prompt alone
+    leaves no room for a response token within ``max_length``.
     """
     messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
     prompt_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if ended else [])
+    if not response_ids:
+        raise ValueError("a truncated reply with no text has no token to learn or score; drop it or mark it ended")
     room = max_length - len(prompt_ids)
     if room < 1:
         return None
@@ -74,7 +78,8 @@ def tokenize_sft(tokenizer: PreTrainedTokenizerBase, records: Sequence[dict], ma
     examples = []
     for index, record in enumerate(validate_records(records, "sft")):
         messages = record["messages"]
-        example = tokenize_turn(tokenizer, messages[:-1], messages[-1]["content"], max_length)
+        example = tokenize_turn(tokenizer, messages[:-1], messages[-1]["content"], max_length,
+                                ended=not record.get("truncated", False))
         if example is None:
             raise ValueError(f"record {index}: the prompt alone is longer than max_length={max_length} tokens; "
                              f"raise max_length or shorten the prompt")
