@@ -239,6 +239,23 @@ def long_outputs(notebook_path: str | Path, max_lines: int = MAX_OUTPUT_LINES) -
     return found
 
 
+_WARNING_LINE = re.compile(r"\b\w*Warning: ")
+
+
+def warning_outputs(notebook_path: str | Path) -> list[tuple[int, str]]:
+    """``(cell index, line)`` for every output line of a notebook that shows a Python warning (``…Warning: …``):
+    a library warning in a report is noise to its reader, and often a problem to fix."""
+    import nbformat
+
+    found = []
+    for index, cell in enumerate(nbformat.read(str(notebook_path), as_version=4).cells):
+        for output in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            text = output.get("text", "") if output.get("output_type") == "stream" else ""
+            text = "".join(text) if isinstance(text, list) else text
+            found += [(index, line.strip()) for line in text.splitlines() if _WARNING_LINE.search(line)]
+    return found
+
+
 def parameter_path(path: str | Path, cwd: Path) -> str:
     """How the chain writes ``path`` into the parameters of a notebook that runs in ``cwd``: relative to ``cwd``
     when both are in the project (``../runs/cpu``), ``~/...`` under the home folder, else absolute. An
@@ -381,6 +398,8 @@ def run_notebook(notebook: Path, *, profile: str, seed: int, run_dir: Path, out_
         cells = ", ".join(f"In [{c.execution_count}]: {c.lines} lines" for c in long)
         print(f"[alignkit] warning: {notebook.name} has outputs longer than {MAX_OUTPUT_LINES} lines ({cells})",
               flush=True)
+    for index, line in warning_outputs(executed):
+        print(f"[alignkit] warning: {notebook.name} cell {index} shows a library warning: {line[:160]}", flush=True)
     export_html(executed)
     final = out_dir / name
     _replace_dir(staging, final)

@@ -11,7 +11,7 @@ import pytest
 
 from alignkit import cli
 from alignkit.chain import (ChainError, export_html, headline_metrics, long_outputs, parameter_path, run_chain,
-                            select_notebooks, slowest_cells, write_summary)
+                            select_notebooks, slowest_cells, warning_outputs, write_summary)
 from alignkit.runs import is_result_key
 
 TUTORIALS = Path(__file__).resolve().parents[1] / "tutorials"
@@ -90,6 +90,20 @@ def test_smoke_chain_gives_identical_metrics_twice(tmp_path):
                         for path in sorted((tmp_path / attempt / "reports").glob("*/metrics.json"))})
     assert metrics[0] == metrics[1]
     assert "00_pretrained_model" in metrics[0] and metrics[0]["00_pretrained_model"]["perplexity"] > 0
+    executed = sorted((tmp_path / "first" / "reports").glob("*/*.ipynb"))
+    assert len(executed) == len(metrics[0]) and all(warning_outputs(path) == [] for path in executed)
+
+
+def test_warning_outputs_finds_a_library_warning(tmp_path):
+    notebook = nbformat.v4.new_notebook()
+    cell = nbformat.v4.new_code_cell("import peft")
+    cell.outputs = [nbformat.v4.new_output("stream", name="stderr", text="x.py:3: FutureWarning: `a` is deprecated.\n"
+                                                                          "  warnings.warn(\n"),
+                    nbformat.v4.new_output("stream", name="stdout", text="no Warning here, and 'Warnings: none'\n")]
+    notebook.cells = [nbformat.v4.new_markdown_cell("FutureWarning: in markdown is text"), cell]
+    path = tmp_path / "n.ipynb"
+    nbformat.write(notebook, str(path))
+    assert warning_outputs(path) == [(1, "x.py:3: FutureWarning: `a` is deprecated.")]
 
 
 def test_exported_html_loads_nothing_from_the_network(tmp_path):
