@@ -6,7 +6,7 @@ A pair (x, y_c, y_r) is packed as one item with two branches (the prompt encoded
 
 - ``bradley_terry``: −log σ(r_c − r_r), averaged over pairs (InstructGPT's reward model);
 - ``margin``: −log σ(r_c − r_r − m) with m = ``margin_scale`` · (g_c − g_r), the gold gap (Llama 2's margin);
-- ``regression``: ½-free masked MSE of r(x, y) against each reply's given score, averaged over replies
+- ``regression``: masked MSE of r(x, y) against each reply's given score, averaged over replies
   (SteerLM's attribute model regresses this way).
 
 Before PPO the scores are normalised (:class:`ScoreNormalizer`): mean 0, standard deviation 1 over the SFT
@@ -26,7 +26,7 @@ from transformers import PreTrainedTokenizerBase
 from alignkit.losses import bradley_terry_loss, masked_mse
 from alignkit.models.heads import packed_head_outputs
 from alignkit.trainers.loop import StepOutput, TrainConfig, TrainResult, train
-from alignkit.trainers.packing import last_positions, pack
+from alignkit.trainers.packing import PackedBatch, last_positions, pack
 from alignkit.trainers.pairs import PairExample, pack_pairs
 from alignkit.trainers.sft import tokenize_turn
 
@@ -53,7 +53,7 @@ class RewardConfig:
 class ScoredPairs:
     """A micro-batch of pairs: one packed row and each pair's given scores."""
 
-    packed: object
+    packed: PackedBatch
     chosen_scores: torch.Tensor  # (B,)
     rejected_scores: torch.Tensor  # (B,)
 
