@@ -44,6 +44,10 @@ class Rollout:
     prompt_index: torch.Tensor
     """(B,) long, the prompt each row answers"""
 
+    def model_inputs(self) -> dict[str, torch.Tensor]:
+        """Prompt + reply as one forward pass's inputs (:func:`reply_inputs`)."""
+        return reply_inputs(self.prompt_ids, self.prompt_mask, self.response_ids, self.response_mask)
+
     @property
     def lengths(self) -> torch.Tensor:
         """(B,) response tokens per row."""
@@ -66,6 +70,16 @@ def left_pad(sequences: list[list[int]], pad_id: int) -> tuple[torch.Tensor, tor
         ids[row, width - len(seq):] = torch.tensor(seq, dtype=torch.long)
         mask[row, width - len(seq):] = True
     return ids, mask
+
+
+def reply_inputs(prompt_ids: torch.Tensor, prompt_mask: torch.Tensor, response_ids: torch.Tensor,
+                 response_mask: torch.Tensor) -> dict[str, torch.Tensor]:
+    """A left-padded prompt batch followed by right-padded replies as one forward pass's ``input_ids``,
+    ``attention_mask`` and ``position_ids`` (B, P + T); positions follow the mask, so a padded row's first real
+    token has position 0, as it would alone."""
+    ids = torch.cat([prompt_ids, response_ids], dim=1)
+    mask = torch.cat([prompt_mask, response_mask], dim=1).long()
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
 
 
 def sampling_logprobs(logits: torch.Tensor, *, temperature: float = 1.0, top_p: float = 1.0) -> torch.Tensor:

@@ -20,6 +20,7 @@ import torch
 import transformers
 from transformers import AutoModelForSequenceClassification, PreTrainedModel
 
+from alignkit.rollout import reply_inputs
 from alignkit.trainers.packing import PackedBatch, on_model
 
 
@@ -88,11 +89,8 @@ def reply_scores(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: 
     lengths = response_mask.sum(-1)
     if bool((lengths == 0).any()):
         raise ValueError("every reply needs at least one token to be scored")
-    ids = torch.cat([prompt_ids, response_ids], dim=1)
-    mask = torch.cat([prompt_mask, response_mask], dim=1).long()
-    positions = (mask.cumsum(-1) - 1).clamp(min=0)
     device = next(model.parameters()).device
-    hidden = _trunk_hidden(model, input_ids=ids.to(device), attention_mask=mask.to(device),
-                           position_ids=positions.to(device))  # (B, P + T, d)
+    inputs = {k: v.to(device) for k, v in reply_inputs(prompt_ids, prompt_mask, response_ids, response_mask).items()}
+    hidden = _trunk_hidden(model, **inputs)  # (B, P + T, d)
     last = prompt_ids.shape[1] + lengths.to(device) - 1  # (B,)
-    return score_head(model)(hidden[torch.arange(ids.shape[0], device=device), last]).float()
+    return score_head(model)(hidden[torch.arange(prompt_ids.shape[0], device=device), last]).float()

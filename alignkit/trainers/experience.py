@@ -1,8 +1,8 @@
 """What an online iteration computes from a rollout before it updates: per-token log-probs of the rollout's
 replies under a model (policy, reference), per-token values of a critic, and PPO's per-token rewards.
 
-A rollout (:class:`alignkit.rollout.Rollout`) is a left-padded prompt batch followed by right-padded replies.
-:func:`rollout_inputs` lays it out as one padded batch with position ids from the mask; the hidden state at
+A rollout (:class:`alignkit.rollout.Rollout`) is a left-padded prompt batch followed by right-padded replies;
+``Rollout.model_inputs`` lays it out as one padded batch with position ids from the mask; the hidden state at
 column ``P − 1 + t`` (P = prompt width) predicts response token t, so log-probs and values of the response are
 read from columns ``P − 1 … P + T − 2``. The LM head runs on those T columns only.
 """
@@ -15,13 +15,6 @@ from alignkit.losses import kl_penalty, per_token_logps
 from alignkit.rollout import Rollout
 
 
-def rollout_inputs(rollout: Rollout) -> dict[str, torch.Tensor]:
-    """``input_ids``, ``attention_mask``, ``position_ids`` (B, P + T) for a forward pass over prompt + reply."""
-    ids = torch.cat([rollout.prompt_ids, rollout.response_ids], dim=1)
-    mask = torch.cat([rollout.prompt_mask, rollout.response_mask], dim=1).long()
-    return {"input_ids": ids, "attention_mask": mask, "position_ids": (mask.cumsum(-1) - 1).clamp(min=0)}
-
-
 def response_logps(model: torch.nn.Module, rollout: Rollout, *, temperature: float = 1.0) -> torch.Tensor:
     """log softmax(logits / T) of each response token, (B, T), float32, 0 off the response mask. With the
     sampling temperature this is the quantity :func:`alignkit.rollout.rollout` recorded (PPO's ratio divides both
@@ -31,7 +24,7 @@ def response_logps(model: torch.nn.Module, rollout: Rollout, *, temperature: flo
     width = rollout.prompt_ids.shape[1]
     steps = rollout.response_ids.shape[1]
     device = next(model.parameters()).device
-    inputs = {k: v.to(device) for k, v in rollout_inputs(rollout).items()}
+    inputs = {k: v.to(device) for k, v in rollout.model_inputs().items()}
     keep = torch.arange(width - 1, width - 1 + steps, device=device)
     logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits  # (B, T, V)
     logps = per_token_logps(logits.float() / temperature, rollout.response_ids.to(device))
