@@ -1,4 +1,4 @@
-"""The shared training loop (``alignkit.trainers.loop.train``) under DeepSpeed ZeRO-2 and ZeRO-3, on CPU.
+"""The shared training engine (via ``alignkit.trainers.loop.train``) under DeepSpeed ZeRO-2 and ZeRO-3, on CPU.
 
 Each DeepSpeed run is a one-process world on DeepSpeed's CPU accelerator (gloo), started in a subprocess with the
 environment of ``tests/test_distributed_configs.py`` (``_zero_env``), through ``accelerate.Accelerator`` with the
@@ -293,7 +293,7 @@ def _fake_accelerator(ds_config: dict, num_processes: int = 1):
 
 
 def test_fill_deepspeed_config_fills_auto_and_rejects_disagreement():
-    from alignkit.trainers.loop import _check_deepspeed_checkpointing, _fill_deepspeed_config
+    from alignkit.trainers.engine import _check_deepspeed_checkpointing, _fill_deepspeed_config
 
     shipped = json.loads(config_path("deepspeed_zero2.json").read_text())
     _fill_deepspeed_config(_fake_accelerator(shipped, num_processes=8), make_config())

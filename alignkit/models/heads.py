@@ -94,3 +94,11 @@ def reply_scores(model: torch.nn.Module, prompt_ids: torch.Tensor, prompt_mask: 
     hidden = _trunk_hidden(model, **inputs)  # (B, P + T, d)
     last = prompt_ids.shape[1] + lengths.to(device) - 1  # (B,)
     return score_head(model)(hidden[torch.arange(prompt_ids.shape[0], device=device), last]).float()
+
+
+def head_at_columns(model: torch.nn.Module, inputs: dict[str, torch.Tensor], columns: torch.Tensor) -> torch.Tensor:
+    """The head's first output at ``columns`` (T,) of every row of a padded batch, (B, T), float32: a critic's
+    value V(x, y_<t) for each response token t, read at the column that predicts it (``inputs`` as from
+    :meth:`alignkit.rollout.Rollout.model_inputs`)."""
+    hidden = _trunk_hidden(model, **inputs)  # (B, P + T, d)
+    return score_head(model)(hidden[:, columns.to(hidden.device)]).float()[..., 0]

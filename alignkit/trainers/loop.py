@@ -1,121 +1,25 @@
-"""The training loop every algorithm shares: accelerate, seeding, accumulation, clipping, schedule, logging,
-atomic checkpoints and exact resume.
+"""The offline driver: train on a fixed list of examples for some epochs, over the shared
+:class:`~alignkit.trainers.engine.Engine` (accelerate, accumulation with global normalisation, clipping,
+schedule, DeepSpeed, atomic checkpoints and exact resume).
 
-An algorithm supplies ``collate(examples) -> batch`` and ``step(model, batch) -> StepOutput``; the loop owns
-the rest. Two choices that matter for correctness:
-
-* **Global normalisation.** ``step`` returns a *sum* of per-unit losses (units: response tokens for SFT,
-  pairs for DPO) and the batch says how many units it holds. Before the first backward of an optimizer step
-  the loop counts the units of all its micro-batches on all processes (one all-reduce), and every micro-batch
-  is scaled by ``world_size / global_units``. DDP averages gradients over processes, so the update is the
-  gradient of (Σ losses) / (all units of the global batch) — the same for 1 process × batch 2b and
-  2 processes × batch b, and for batch 8 × accumulation 1 and batch 1 × accumulation 8 (TRL's invariant
-  tests, ``tests/invariant/README.md`` in huggingface/trl, state the same requirement).
-* **Data order is a function of (seed, epoch) only**, so the data position is just the step count: a
-  resumed run replays nothing and skips nothing. A checkpoint holds weights (or the LoRA adapter), the
-  optimizer, the scheduler, every process's RNG states and :class:`TrainState`; it is written to a
-  temporary folder and renamed into place, so a kill (even SIGKILL) never leaves half a checkpoint.
-
-**Under DeepSpeed ZeRO** (an ``Accelerator`` with a ``DeepSpeedPlugin``) the loop drives the engine itself,
-because ``accelerator.backward`` would step the engine after every micro-batch (the loop accumulates by hand,
-so ``sync_gradients`` is always True) and the engine would divide the loss by its own accumulation count: each
-micro-batch runs ``engine.backward(loss, scale_wrt_gas=False)`` with the accumulation boundary set on the last
-one, then one ``engine.step()`` clips (DeepSpeed's ``gradient_clipping``) and updates. The loop fills the
-config's ``train_micro_batch_size_per_gpu``, ``gradient_accumulation_steps``, ``train_batch_size`` and
-``gradient_clipping`` from :class:`TrainConfig` (an explicit different value is an error); the LambdaLR sits
-on the torch AdamW whose parameter groups the ZeRO optimizer steps, so it sets the LR really used (logged from
-the engine). Checkpoints add DeepSpeed's own ``engine.save_checkpoint`` (a collective call: sharded optimizer
-state and fp32 master weights) inside the same temporary folder, and resume uses ``engine.load_checkpoint``.
+An algorithm supplies ``collate(examples) -> batch``, ``units(batch)`` and ``step(model, batch) -> StepOutput``.
+**Data order is a function of (seed, epoch) only** (:func:`epoch_order`), so the data position is just the step
+count: a resumed run replays nothing and skips nothing.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-import random
-import shutil
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, Callable, Sequence
 
-import numpy as np
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType
 
 from alignkit.progress import progress
-
-SCHEDULES = ("constant", "linear", "cosine")
-
-
-@dataclass
-class TrainConfig:
-    """Optimisation settings shared by every trainer."""
-
-    lr: float = 1e-5
-    """peak learning rate of AdamW"""
-    num_epochs: int = 1
-    """passes over the data (ignored when max_steps > 0)"""
-    max_steps: int = 0
-    """optimizer steps to run; 0 = num_epochs over the data"""
-    batch_size: int = 4
-    """examples per process per micro-batch"""
-    grad_accum: int = 1
-    """micro-batches per optimizer step"""
-    max_grad_norm: float = 1.0
-    """clip the global gradient norm to this; 0 disables clipping"""
-    weight_decay: float = 0.0
-    """AdamW decoupled weight decay"""
-    warmup_steps: int = 0
-    """linear warm-up from 0 to lr over this many steps"""
-    schedule: str = "constant"
-    """after warm-up: constant, linear (to 0) or cosine (to 0)"""
-    mixed_precision: str = "no"
-    """no (fp32) or bf16 (autocast)"""
-    seed: int = 0
-    """seeds the data order and every generator"""
-    checkpoint_every: int = 0
-    """save a resumable checkpoint every N optimizer steps; 0 = only at the end"""
-    keep_checkpoints: int = 2
-    """how many recent checkpoints to keep"""
-
-    def __post_init__(self) -> None:
-        positive = {"lr": self.lr, "batch_size": self.batch_size, "grad_accum": self.grad_accum,
-                    "keep_checkpoints": self.keep_checkpoints}
-        for name, value in positive.items():
-            if not value > 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
-        for name in ("num_epochs", "max_steps", "warmup_steps", "checkpoint_every", "seed"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.num_epochs == 0 and self.max_steps == 0:
-            raise ValueError("num_epochs and max_steps are both 0: set one of them to train")
-        if self.max_grad_norm < 0 or self.weight_decay < 0:
-            raise ValueError("max_grad_norm and weight_decay must be >= 0")
-        if self.schedule not in SCHEDULES:
-            raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}")
-        if self.mixed_precision not in ("no", "bf16"):
-            raise ValueError(f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
-
-
-class StepOutput(NamedTuple):
-    """What an algorithm's step returns for one micro-batch."""
-
-    loss_sum: torch.Tensor
-    """sum of per-unit losses (scalar, differentiable)"""
-    metric_sums: dict[str, torch.Tensor]
-    """sums over units of what to log; the loop divides by the global unit count"""
-
-
-@dataclass
-class TrainState:
-    """Everything besides tensors that a checkpoint must restore."""
-
-    step: int = 0
-    epoch: int = 0
-    history: list[dict[str, float]] = field(default_factory=list)
+from alignkit.trainers.engine import (  # noqa: F401  (the trainers import the shared types from here)
+    SCHEDULES, Engine, StepOutput, TrainConfig, TrainState, epoch_order, latest_checkpoint, lr_multiplier,
+    save_model)
 
 
 @dataclass
@@ -127,176 +31,6 @@ class TrainResult:
     @property
     def history(self) -> list[dict[str, float]]:
         return self.state.history
-
-
-def lr_multiplier(step: int, *, warmup_steps: int, total_steps: int, schedule: str) -> float:
-    """LR factor at optimizer step ``step`` (0-based): linear warm-up, then constant / linear / cosine decay."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    if schedule == "constant":
-        return 1.0
-    progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-    if schedule == "linear":
-        return max(0.0, 1.0 - progress)
-    return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-
-def epoch_order(num_examples: int, *, seed: int, epoch: int) -> list[int]:
-    """The example order of an epoch: a permutation that depends only on (seed, epoch)."""
-    generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(num_examples, generator=generator).tolist()
-
-
-def _rng_state() -> dict[str, Any]:
-    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.random.get_rng_state()}
-
-
-def _set_rng_state(state: dict[str, Any]) -> None:
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
-    torch.random.set_rng_state(state["torch"])
-
-
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint ``output_dir/checkpoints/step-N`` (only complete ones exist)."""
-    root = Path(output_dir) / "checkpoints"
-    found = sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1])) if root.is_dir() else []
-    return found[-1] if found else None
-
-
-def save_model(model: torch.nn.Module, folder: Path) -> None:
-    """Save full weights as safetensors, or only the adapter for a peft model (plus its config)."""
-    model.save_pretrained(folder, safe_serialization=True)
-
-
-def _can_fuse(params: list[torch.nn.Parameter], device: torch.device) -> bool:
-    """Whether torch's fused AdamW applies: one kernel over all tensors instead of a Python loop per tensor
-    (on 2 CPU cores the loop costs 0.73 s per step for the 135M model, the fused kernel 0.08 s; same update)."""
-    return device.type in ("cpu", "cuda") and all(
-        p.device.type == device.type and p.dtype in (torch.float32, torch.float16, torch.bfloat16) for p in params)
-
-
-DEEPSPEED_TAG = "deepspeed"
-"""subfolder of a checkpoint that holds ``engine.save_checkpoint``'s files under DeepSpeed"""
-
-
-def _uses_deepspeed(accelerator: Accelerator) -> bool:
-    return accelerator.distributed_type == DistributedType.DEEPSPEED
-
-
-def _fill_deepspeed_config(accelerator: Accelerator, config: TrainConfig) -> None:
-    """Write the loop's batch, accumulation and clipping settings into the DeepSpeed config before ``prepare``.
-
-    accelerate fills ``"auto"`` batch sizes from a prepared DataLoader, which the loop does not have, and would
-    fill ``"auto"`` clipping with 1.0 whatever ``max_grad_norm`` says. Each entry that is ``"auto"`` or absent
-    gets the :class:`TrainConfig` value; an explicit different value is an error rather than silently another run.
-    """
-    plugin = accelerator.state.deepspeed_plugin
-    ds_config = plugin.deepspeed_config
-    wanted = {
-        "train_micro_batch_size_per_gpu": config.batch_size,
-        "gradient_accumulation_steps": config.grad_accum,
-        "train_batch_size": config.batch_size * config.grad_accum * accelerator.num_processes,
-        "gradient_clipping": float(config.max_grad_norm),  # 0 disables clipping in DeepSpeed too
-    }
-    mismatches = []
-    for key, value in wanted.items():
-        current = ds_config.get(key, "auto")
-        if current == "auto":
-            ds_config[key] = value
-        elif float(current) != float(value):
-            mismatches.append(f"{key}: DeepSpeed config has {current}, TrainConfig implies {value}")
-    if mismatches:
-        raise ValueError("the DeepSpeed config disagrees with TrainConfig (set these entries to \"auto\" so the "
-                         "loop fills them, or change TrainConfig):\n  " + "\n  ".join(mismatches))
-    for section in ("optimizer", "scheduler"):
-        if section in ds_config:
-            raise ValueError(f"the DeepSpeed config has a {section!r} section: alignkit's loop builds its own AdamW "
-                             f"and LR schedule from TrainConfig; remove the section")
-
-
-def _check_deepspeed_checkpointing(accelerator: Accelerator) -> None:
-    """Fail before training, not at the first checkpoint, when ZeRO-3 weights could not be gathered for it."""
-    zero = accelerator.state.deepspeed_plugin.deepspeed_config.get("zero_optimization", {})
-    if zero.get("stage") == 3 and zero.get("stage3_gather_16bit_weights_on_model_save") is not True:
-        raise ValueError("checkpoints under ZeRO-3 save the gathered weights (model/), which needs "
-                         "\"stage3_gather_16bit_weights_on_model_save\": true in the DeepSpeed config (the shipped "
-                         "deepspeed_zero3.json sets it); set it, or train without output_dir")
-
-
-def _save_checkpoint(accelerator: Accelerator, model, optimizer, scheduler, state: TrainState,
-                     output_dir: Path, keep: int) -> Path:
-    root = output_dir / "checkpoints"
-    final = root / f"step-{state.step}"
-    tmp = root / f".tmp-step-{state.step}"
-    deepspeed = _uses_deepspeed(accelerator)
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        if not deepspeed:
-            save_model(accelerator.unwrap_model(model), tmp / "model")
-            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        (tmp / "state.json").write_text(json.dumps(asdict(state)))
-    accelerator.wait_for_everyone()
-    if deepspeed:
-        # model/ holds the usual weights folder. Under ZeRO-3 each rank has a shard only: get_state_dict gathers
-        # them (collective; the shipped ZeRO-3 JSON sets stage3_gather_16bit_weights_on_model_save for this) and
-        # keeps tied weights tied. Under ZeRO-0/1/2 every rank holds the full weights.
-        if model.zero_optimization_partition_weights():
-            weights = accelerator.get_state_dict(model)
-            if accelerator.is_main_process:
-                accelerator.unwrap_model(model).save_pretrained(tmp / "model", state_dict=weights,
-                                                                safe_serialization=True)
-        elif accelerator.is_main_process:
-            save_model(accelerator.unwrap_model(model), tmp / "model")
-        # Collective: every rank writes its shard of the optimizer state and fp32 master weights (what a resume
-        # needs), under tmp/deepspeed/, so the rename below still makes the whole checkpoint appear at once.
-        model.save_checkpoint(str(tmp), tag=DEEPSPEED_TAG, save_latest=False)
-    torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        os.rename(tmp, final)  # atomic: a checkpoint is either complete or absent
-        old = sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]
-        for folder in old:
-            shutil.rmtree(folder, ignore_errors=True)
-    accelerator.wait_for_everyone()
-    return final
-
-
-def _load_checkpoint(accelerator: Accelerator, model, optimizer, scheduler, folder: Path) -> TrainState:
-    unwrapped = accelerator.unwrap_model(model)
-    if _uses_deepspeed(accelerator):
-        if not (folder / DEEPSPEED_TAG).is_dir():
-            raise RuntimeError(f"checkpoint {folder} was not written under DeepSpeed (no {DEEPSPEED_TAG}/ folder); "
-                               f"resume it without DeepSpeed, or start the DeepSpeed run from its model/ weights")
-        # Collective: module weights, and this rank's shard of the optimizer state and fp32 master weights.
-        loaded, _ = model.load_checkpoint(str(folder), tag=DEEPSPEED_TAG, load_optimizer_states=True,
-                                          load_lr_scheduler_states=False)
-        if loaded is None:
-            raise RuntimeError(f"DeepSpeed could not load the checkpoint in {folder / DEEPSPEED_TAG}")
-    else:
-        if not (folder / "optimizer.pt").is_file() and (folder / DEEPSPEED_TAG).is_dir():
-            raise RuntimeError(f"checkpoint {folder} was written under DeepSpeed (its optimizer state is sharded in "
-                               f"{DEEPSPEED_TAG}/): resume it under DeepSpeed with the same number of processes, "
-                               f"or start a new run from its model/ weights")
-        from safetensors.torch import load_file
-
-        if hasattr(unwrapped, "peft_config"):
-            from peft import set_peft_model_state_dict
-
-            set_peft_model_state_dict(unwrapped, load_file(folder / "model" / "adapter_model.safetensors"))
-        else:
-            weights = load_file(folder / "model" / "model.safetensors")
-            missing, unexpected = unwrapped.load_state_dict(weights, strict=False)
-            tied = {"lm_head.weight"} if getattr(unwrapped.config, "tie_word_embeddings", False) else set()
-            if set(missing) - tied or unexpected:
-                raise RuntimeError(f"checkpoint {folder} does not match the model: missing "
-                                   f"{sorted(set(missing) - tied)}, unexpected {sorted(unexpected)}")
-        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
-    _set_rng_state(torch.load(folder / f"rng-{accelerator.process_index}.pt", weights_only=False))
-    return TrainState(**json.loads((folder / "state.json").read_text()))
 
 
 def train(
@@ -329,26 +63,10 @@ def train(
         raise ValueError(f"{len(examples)} examples are fewer than one optimizer step needs "
                          f"(batch_size {config.batch_size} × processes {world} × grad_accum {config.grad_accum})")
     total_steps = config.max_steps or steps_per_epoch * config.num_epochs
-    torch.manual_seed(config.seed)
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=config.lr, weight_decay=config.weight_decay,
-                                  fused=_can_fuse(trainable, accelerator.device))
-    # Under DeepSpeed the ZeRO optimizer steps this AdamW's param_groups (with its flat fp32 partitions as
-    # params), so the schedule set here is the LR it uses; the engine is not given a scheduler of its own.
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_multiplier(
-        s, warmup_steps=config.warmup_steps, total_steps=total_steps, schedule=config.schedule))
-    deepspeed = _uses_deepspeed(accelerator)
-    if deepspeed:
-        _fill_deepspeed_config(accelerator, config)
-        if output_dir is not None:
-            _check_deepspeed_checkpointing(accelerator)
-    model, optimizer = accelerator.prepare(model, optimizer)  # under DeepSpeed: model is the DeepSpeedEngine
-    state = TrainState()
-    output_dir = Path(output_dir) if output_dir is not None else None
-    if output_dir is not None and resume and (checkpoint := latest_checkpoint(output_dir)) is not None:
-        state = _load_checkpoint(accelerator, model, optimizer, scheduler, checkpoint)
-        accelerator.print(f"[alignkit] resumed from {checkpoint} (step {state.step}/{total_steps})")
-    model.train()
+    engine = Engine(model, config, total_steps=total_steps, accelerator=accelerator, output_dir=output_dir,
+                    resume=resume)
+    state = engine.state
+    engine.model.train()
     bar = progress(total=total_steps, initial=state.step, desc=desc, unit="step",
                    disable=not accelerator.is_main_process)
     while state.step < total_steps:
@@ -360,55 +78,14 @@ def train(
             global_ids = order[micro * global_micro:(micro + 1) * global_micro]
             batches.append(collate([examples[i] for i in global_ids[rank * config.batch_size:
                                                                      (rank + 1) * config.batch_size]]))
-        local_units = torch.tensor(float(sum(units(b) for b in batches)), device=accelerator.device)
-        global_units = accelerator.reduce(local_units, reduction="sum").item()
-        loss_total = torch.zeros((), device=accelerator.device)
-        metric_totals: dict[str, torch.Tensor] = {}
-        for index, batch in enumerate(batches):
-            sync = index == len(batches) - 1
-            if deepspeed:
-                # Not accelerator.backward: it would run engine.step() after every micro-batch. ZeRO-2/3 reduce
-                # gradients into their partitions at every backward, averaging over processes like DDP.
-                model.set_gradient_accumulation_boundary(sync)
-                with accelerator.autocast():
-                    output = step(model, batch)
-                    model.backward(output.loss_sum * (world / global_units), scale_wrt_gas=False)
-            else:
-                with (nullcontext() if sync else accelerator.no_sync(model)), accelerator.autocast():
-                    output = step(model, batch)
-                    accelerator.backward(output.loss_sum * (world / global_units))
-            loss_total += output.loss_sum.detach().float()
-            for name, value in output.metric_sums.items():
-                metric_totals[name] = metric_totals.get(name, 0.0) + torch.as_tensor(value).detach().float()
-        if deepspeed:
-            lr = model.get_lr()[0]  # what the ZeRO optimizer's param group holds: the LR this step uses
-            model.step()  # clip to gradient_clipping (= max_grad_norm), optimizer step, zero the gradients
-            engine_norm = model.get_global_grad_norm()  # before clipping, like clip_grad_norm_'s return
-            grad_norm = (float(engine_norm) if config.max_grad_norm > 0 and engine_norm is not None
-                         else float("nan"))
-            scheduler.step()
-        else:
-            grad_norm = (accelerator.clip_grad_norm_(trainable, config.max_grad_norm)
-                         if config.max_grad_norm > 0 else torch.tensor(float("nan")))
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-        state.step += 1
-        names = sorted(metric_totals)
-        sums = accelerator.reduce(torch.stack([loss_total] + [metric_totals[n].to(loss_total.device)
-                                                              for n in names]), reduction="sum")
-        record = {"step": state.step, "epoch": state.epoch, "loss": sums[0].item() / global_units,
-                  "lr": lr, "grad_norm": float(grad_norm), "units": global_units}
-        record.update({name: sums[i + 1].item() / global_units for i, name in enumerate(names)})
-        state.history.append(record)
+        record = engine.step(batches, step, units)
         bar.update(1)
         bar.set_postfix(loss=f"{record['loss']:.4f}")
         if output_dir is not None and ((config.checkpoint_every and state.step % config.checkpoint_every == 0)
                                        or state.step == total_steps):
-            _save_checkpoint(accelerator, model, optimizer, scheduler, state, output_dir, config.keep_checkpoints)
+            engine.save()
         if on_step is not None:
             on_step(state, record)
     bar.close()
-    model.eval()
+    engine.model.eval()
     return TrainResult(state=state, steps_per_epoch=steps_per_epoch, total_steps=total_steps)

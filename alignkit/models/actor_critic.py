@@ -1,0 +1,30 @@
+"""PPO's trained model: the policy (a causal LM, LoRA or not) and the critic (a head model on its own trunk) as
+one module, so that one optimizer, one DDP wrapper and one checkpoint hold both (TRL's PPO trainer wraps its
+policy and value model the same way). The critic is usually initialised from the reward model.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from alignkit.models.heads import head_at_columns
+
+
+class PolicyAndCritic(torch.nn.Module):
+    """``forward`` returns the policy's logits and the critic's values at the same columns."""
+
+    def __init__(self, policy: torch.nn.Module, critic: torch.nn.Module) -> None:
+        super().__init__()
+        self.policy = policy
+        self.critic = critic
+
+    def parts(self) -> dict[str, torch.nn.Module]:
+        """The named parts a checkpoint saves in their own subfolders (``policy/``, ``critic/``)."""
+        return {"policy": self.policy, "critic": self.critic}
+
+    def forward(self, *, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
+                columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, T, V) logits and (B, T) values at ``columns`` of a padded prompt + reply batch."""
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
+        logits = self.policy(**inputs, logits_to_keep=columns, use_cache=False).logits
+        return logits, head_at_columns(self.critic, inputs, columns)
