@@ -271,7 +271,7 @@ def kl_per_prompt(policy: PreTrainedModel, reference: PreTrainedModel, tokenizer
     the DPO paper's reward–KL frontier (Rafailov et al. 2023, Fig. 2).
     """
     from alignkit.trainers.packing import pack, packed_logits, sequence_sums
-    from alignkit.trainers.sft import tokenize_turn
+    from alignkit.chat import tokenize_turn
 
     if not prompts or len(prompts) != len(responses):
         raise ValueError("prompts and responses must be non-empty lists of the same length")

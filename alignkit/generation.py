@@ -5,23 +5,8 @@ from __future__ import annotations
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from alignkit.chat import chat_prompt_ids
 from alignkit.rollout import rollout
-
-
-def format_chat(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict], *, system: str | None = None) -> str:
-    """The text the model sees for one user prompt (or a list of messages), ending with the assistant header."""
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    if system is not None:
-        messages = [{"role": "system", "content": system}] + messages
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-
-
-def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompts: list[str] | list[list[dict]], *,
-                    system: str | None = None) -> list[list[int]]:
-    """Each prompt through the chat template up to the assistant header, as token ids (no special tokens added:
-    the template writes its own)."""
-    texts = [format_chat(tokenizer, p, system=system) for p in prompts]
-    return tokenizer(texts, add_special_tokens=False)["input_ids"]
 
 
 def chat_generate(

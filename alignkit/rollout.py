@@ -102,7 +102,7 @@ def rollout(model: torch.nn.Module, prompt_ids: list[list[int]], *, eos_token_id
             temperature: float = 1.0, top_p: float = 1.0, generator: torch.Generator | None = None) -> Rollout:
     """Decode ``num_samples`` replies for each tokenized prompt, all prompts in one batch.
 
-    ``prompt_ids``: one token list per prompt (e.g. :func:`alignkit.generation.chat_prompt_ids`). Sampling draws
+    ``prompt_ids``: one token list per prompt (e.g. :func:`alignkit.chat.chat_prompt_ids`). Sampling draws
     from ``generator`` (required when ``do_sample``; on the model's device). Greedy (``do_sample=False``) takes the
     arg-max and records the log-probs of ``log_softmax(logits / temperature)`` at it.
     """

@@ -97,7 +97,7 @@ def trl_side(seed: int, precision: str) -> dict:
     from transformers import TrainerCallback
 
     import trl
-    from alignkit.generation import format_chat
+    from alignkit.chat import format_chat
     from trl.trainer import dpo_trainer
 
     records, model, tokenizer, examples = load(seed)

@@ -49,7 +49,8 @@ def sft_records(records: list[dict]) -> list[dict]:
 def load(seed: int):
     import torch
     from alignkit.models import load_model
-    from alignkit.trainers.sft import tokenize_sft, tokenize_turn
+    from alignkit.chat import tokenize_turn
+    from alignkit.trainers.sft import tokenize_sft
 
     torch.manual_seed(seed)
     records, _ = common.load_pairs(seed)
@@ -105,7 +106,7 @@ def trl_side(seed: int, precision: str) -> dict:
     from transformers import TrainerCallback
 
     import trl
-    from alignkit.generation import format_chat
+    from alignkit.chat import format_chat
     from trl.trainer import sft_trainer
 
     records, model, tokenizer, examples = load(seed)

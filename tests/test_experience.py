@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from alignkit import models
-from alignkit.generation import chat_prompt_ids
+from alignkit.chat import chat_prompt_ids
 from alignkit.rollout import rollout
 from alignkit.trainers.experience import response_logps, token_rewards
 

@@ -7,7 +7,8 @@ import torch
 from safetensors.torch import load_file
 
 from alignkit import models
-from alignkit.generation import chat_generate, format_chat, sample_replies
+from alignkit.chat import format_chat
+from alignkit.generation import chat_generate, sample_replies
 
 
 def test_tiny_tokenizer_round_trips_any_text():

@@ -13,7 +13,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from alignkit.generation import chat_prompt_ids
+from alignkit.chat import chat_prompt_ids
 from alignkit.losses import gae, whiten
 from alignkit.models import load_model
 from alignkit.models.actor_critic import PolicyAndCritic

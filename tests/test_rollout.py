@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from alignkit import models
-from alignkit.generation import chat_prompt_ids
+from alignkit.chat import chat_prompt_ids
 from alignkit.rollout import Rollout, left_pad, rollout, sampling_logprobs
 
 PROMPTS = ["x", "a longer prompt, padded less than the others", "mid-sized one"]

@@ -232,7 +232,7 @@ def test_kl_to_reference_is_zero_for_the_same_model_and_matches_a_loop(tiny, tin
     other = models.load_model(str(models.build_tiny_llama(tiny_dir.parent / "other", seed=1)))[0]
     expected = 0.0
     for prompt, response in zip(prompts, responses):
-        from alignkit.trainers.sft import tokenize_turn
+        from alignkit.chat import tokenize_turn
 
         ex = tokenize_turn(tokenizer, prompt, response, 10**6)
         ids = torch.tensor([ex.prompt_ids + ex.response_ids])

@@ -36,7 +36,7 @@ trl = pytest.importorskip("trl")
 datasets = pytest.importorskip("datasets")
 
 from alignkit import models  # noqa: E402
-from alignkit.generation import format_chat  # noqa: E402
+from alignkit.chat import format_chat  # noqa: E402
 from alignkit.losses import dpo_loss  # noqa: E402
 from alignkit.trainers.dpo import (DPOConfig, collate_pairs, dpo_step, pair_logps,  # noqa: E402
                                    precompute_reference_logps, tokenize_pairs)

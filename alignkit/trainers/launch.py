@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     from alignkit.models import load_model
     from alignkit.trainers.dpo import DPOConfig, precompute_reference_logps, run_dpo, tokenize_pairs
     from alignkit.trainers.loop import TrainConfig
-    from alignkit.trainers.sft import SFTConfig, apply_lora, run_sft, save_final
+    from alignkit.models.lora import apply_lora
+    from alignkit.trainers.sft import SFTConfig, run_sft, save_final
 
     args = build_parser().parse_args(argv)
     records = _read_jsonl(args.data)

@@ -457,7 +457,7 @@ def train_online(model: torch.nn.Module, prompt_ids: Sequence[list[int]], *, sco
                  on_iteration: Callable[[TrainState, dict[str, float]], None] | None = None,
                  desc: str | None = None) -> OnlineResult:
     """Train ``model`` online on tokenized chat prompts ``prompt_ids`` (e.g. from
-    :func:`alignkit.generation.chat_prompt_ids`).
+    :func:`alignkit.chat.chat_prompt_ids`).
 
     ``model``: the policy for RLOO/GRPO, a :class:`~alignkit.models.actor_critic.PolicyAndCritic` for PPO.
     ``reference``: the frozen reference policy; None = the policy with its LoRA adapter disabled. ``scorer``

@@ -14,7 +14,7 @@ from transformers import PreTrainedTokenizerBase
 
 from alignkit.data.schemas import validate_records
 from alignkit.trainers.packing import PackedBatch, pack
-from alignkit.trainers.sft import tokenize_turn
+from alignkit.chat import tokenize_turn
 
 
 @dataclass

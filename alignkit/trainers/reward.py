@@ -28,7 +28,7 @@ from alignkit.models.heads import packed_head_outputs
 from alignkit.trainers.loop import StepOutput, TrainConfig, TrainResult, train
 from alignkit.trainers.packing import PackedBatch, last_positions, pack
 from alignkit.trainers.pairs import PairExample, pack_pairs
-from alignkit.trainers.sft import tokenize_turn
+from alignkit.chat import tokenize_turn
 
 REWARD_LOSSES = ("bradley_terry", "margin", "regression")
 

@@ -12,7 +12,6 @@ examples, the LM head only on response tokens.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -20,8 +19,10 @@ from typing import Sequence
 import torch
 from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+from alignkit.chat import ChatExample, tokenize_turn
 from alignkit.data.schemas import validate_records
 from alignkit.losses import sft_loss_sum
+from alignkit.models.lora import apply_lora
 from alignkit.trainers.loop import StepOutput, TrainConfig, TrainResult, train
 from alignkit.trainers.packing import PackedBatch, pack, packed_target_logps
 
@@ -44,34 +45,6 @@ class SFTConfig:
             raise ValueError(f"max_length must be >= 2, got {self.max_length}")
         if self.lora_r < 0 or self.lora_alpha <= 0 or not 0 <= self.lora_dropout < 1:
             raise ValueError("lora_r must be >= 0, lora_alpha > 0 and lora_dropout in [0, 1)")
-
-
-@dataclass
-class ChatExample:
-    """A tokenized prompt and the response to learn, as token ids."""
-
-    prompt_ids: list[int]
-    response_ids: list[int]
-
-
-def tokenize_turn(tokenizer: PreTrainedTokenizerBase, prompt: str | list[dict], response: str,
-                  max_length: int, *, ended: bool = True) -> ChatExample | None:
-    """Prompt ids (chat template up to the assistant header) and response ids (text + end-of-turn token).
-
-    ``ended=False`` (a reply cut at a sampling limit) leaves the end-of-turn token out: the model should not learn,
-    or be scored for, stopping where a token budget happened to stop it. Returns None when the prompt alone
-    leaves no room for a response token within ``max_length``.
-    """
-    messages = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
-    prompt_text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-    prompt_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-    response_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + ([tokenizer.eos_token_id] if ended else [])
-    if not response_ids:
-        raise ValueError("a truncated reply with no text has no token to learn or score; drop it or mark it ended")
-    room = max_length - len(prompt_ids)
-    if room < 1:
-        return None
-    return ChatExample(prompt_ids, response_ids[:room])
 
 
 def tokenize_sft(tokenizer: PreTrainedTokenizerBase, records: Sequence[dict], max_length: int) -> list[ChatExample]:
@@ -103,18 +76,6 @@ def sft_step(model: torch.nn.Module, batch: PackedBatch) -> StepOutput:
     target_logps = packed_target_logps(model, batch)  # (N,)
     loss_sum = sft_loss_sum(target_logps[None], torch.ones_like(target_logps, dtype=torch.bool)[None])
     return StepOutput(loss_sum, {})
-
-
-def apply_lora(model: PreTrainedModel, r: int, alpha: int, dropout: float) -> torch.nn.Module:
-    """Wrap ``model`` with LoRA adapters (peft) on every attention and MLP projection."""
-    from peft import LoraConfig, get_peft_model
-
-    targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets, task_type="CAUSAL_LM")
-    with warnings.catch_warnings():
-        # peft reads transformers' deprecated `is_gradient_checkpointing` (FutureWarning in transformers 5)
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
-        return get_peft_model(model, config)
 
 
 def save_final(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, folder: str | Path, *,

@@ -14,7 +14,7 @@ import sys
 import torch
 from accelerate import PartialState
 
-from alignkit.generation import chat_prompt_ids
+from alignkit.chat import chat_prompt_ids
 from alignkit.models import load_model
 from alignkit.models.actor_critic import PolicyAndCritic
 from alignkit.models.heads import load_head_model
