@@ -273,3 +273,35 @@ def test_two_processes_match_one_process_with_twice_the_chunks(tmp_path, tiny_di
     # offline loop's test), so they get a tolerance above that noise
     assert [h["loss"] for h in two["history"]] == pytest.approx([h["loss"] for h in one["history"]], rel=1e-3,
                                                                  abs=1e-5)
+
+
+def test_rloo_loss_is_per_reply_and_grpo_per_token(tiny, tiny_dir):
+    model, tokenizer, config, batch = _fixed_rollout(tiny)
+    scores = torch.tensor([1.0, 0.0, 4.0, -2.0, 2.0, 3.0])
+    e = make_experience(batch, scorer=lambda b: scores, policy=model, reference=model, critic=None, config=config,
+                        kl_coef=0.0)
+    from alignkit.trainers.online import loss_units, update_step
+
+    # at the sampling weights the ratio is 1: RLOO's loss is −Σ_i A_i over replies, its units the replies
+    out = update_step(model, e, config, 0.0)
+    assert out.loss_sum.item() == pytest.approx(-e.advantages[:, 0].sum().item(), abs=1e-4)
+    assert loss_units(e, config) == 6
+    # REINFORCE's gradient: ∇ of −Σ_i A_i Σ_t log π(y_it)
+    out.loss_sum.backward()
+    grad = model.lm_head.weight.grad.clone()
+    model.zero_grad()
+    from alignkit.losses import per_token_logps
+
+    inputs = batch.model_inputs()
+    width = batch.prompt_ids.shape[1]
+    logits = model(**inputs, use_cache=False).logits[:, width - 1:width - 1 + batch.response_ids.shape[1]]
+    reference = -(e.advantages[:, 0] * (per_token_logps(logits, batch.response_ids) * batch.response_mask).sum(-1)).sum()
+    reference.backward()
+    assert torch.allclose(grad, model.lm_head.weight.grad, atol=1e-5)
+    model.zero_grad()
+    grpo = OnlineConfig(algorithm="grpo", num_samples=3, prompts_per_chunk=2, missing_eos="keep")
+    g = make_experience(batch, scorer=lambda b: scores, policy=model, reference=model, critic=None, config=grpo,
+                        kl_coef=0.0)
+    assert loss_units(g, grpo) == int(batch.response_mask.sum())
+    assert update_step(model, g, grpo, 0.0).loss_sum.item() == pytest.approx(
+        -(g.advantages * batch.response_mask).sum().item(), abs=1e-4)

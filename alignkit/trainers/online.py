@@ -16,11 +16,13 @@ An iteration is four stages, each a function a test can call:
 3. :func:`whiten_advantages` — PPO whitens over the whole global batch (all processes, one all-reduce).
 4. :func:`update` — ``update_epochs`` passes, each over ``num_minibatches`` minibatches of every chunk; one
    optimizer step per minibatch index, the chunks' minibatches being its micro-batches. The loss of every
-   method is the clipped surrogate per token (PPO; with one update epoch the ratio is 1 and it is REINFORCE's
-   gradient), plus PPO's clipped value loss × ``vf_coef``, plus GRPO's β·k3; **normalised by the response
-   tokens of the global minibatch** (each token weighs the same, whatever its reply's length: DAPO's
-   token-level normalisation, arXiv:2503.14476 §3.3, rather than GRPO's per-sequence mean, which weighs a token of a short
-   reply more — Dr. GRPO, arXiv:2503.20783, shows that bias).
+   method is PPO's clipped surrogate (with one update epoch the ratio is 1 and its gradient is REINFORCE's).
+   PPO and GRPO clip per token, add PPO's clipped value loss × ``vf_coef`` or GRPO's β·k3, and are
+   **normalised by the response tokens of the global minibatch** (each token weighs the same, whatever its
+   reply's length: DAPO's token-level normalisation, arXiv:2503.14476 §3.3, TRL's GRPO default, rather than
+   GRPO's per-sequence mean, which weighs a token of a short reply more — Dr. GRPO, arXiv:2503.20783).
+   RLOO treats the whole reply as one action (Ahmadian et al. 2024, arXiv:2402.14740): one ratio
+   exp(Σ_t log π − log π_old) and one clip per reply, averaged over the replies (as TRL's ``RLOOTrainer``).
 
 Replies that never reach EOS (``missing_eos``): ``"penalty"`` (default) replaces their score with
 ``eos_penalty`` (the TL;DR replication's "EOS trick", arXiv:2403.17031 §4: a cut reply is not a finished
@@ -344,6 +346,23 @@ def update_step(model: torch.nn.Module, batch: Experience, config: OnlineConfig,
     logits = logits.float() / config.temperature
     logps = per_token_logps(logits, batch.rollout.response_ids.to(device))
     old = batch.rollout.logps.to(device)
+    with torch.no_grad():
+        log_ratio = (logps - old).masked_fill(~mask, 0.0)
+        entropy = torch.logsumexp(logits, -1) - (torch.softmax(logits, -1) * logits).sum(-1)
+        approx_kl = (log_ratio.exp() - 1) - log_ratio  # k3 of π_old ‖ π per token (Schulman 2020)
+    if config.algorithm == "rloo":
+        # the whole reply is one action (Ahmadian et al. 2024): one ratio per reply, a mean over replies
+        rows = mask.any(-1)
+        sequence_ratio = ((logps - old) * mask).sum(-1, keepdim=True)  # (B, 1) log ρ_i
+        per_reply = ppo_policy_loss(sequence_ratio, torch.zeros_like(sequence_ratio),
+                                    batch.advantages.to(device)[:, :1], config.clip_eps)[:, 0]
+        tokens = mask.sum(-1).clamp(min=1)
+        with torch.no_grad():
+            metrics = {"policy_loss": (per_reply.detach() * rows).sum(),
+                       "clip_frac": (((sequence_ratio[:, 0].exp() - 1).abs() > config.clip_eps) & rows).sum().float(),
+                       "approx_kl": ((approx_kl * mask).sum(-1) / tokens * rows).sum(),
+                       "entropy": ((entropy * mask).sum(-1) / tokens * rows).sum()}
+        return StepOutput((per_reply * rows).sum(), metrics)
     policy = ppo_policy_loss(logps, old, batch.advantages.to(device), config.clip_eps)
     loss = policy
     metrics: dict[str, torch.Tensor] = {}
@@ -355,18 +374,20 @@ def update_step(model: torch.nn.Module, batch: Experience, config: OnlineConfig,
         value_loss = ppo_value_loss(values, batch.values.to(device), batch.returns.to(device), config.value_clip_eps)
         loss = loss + config.vf_coef * value_loss
         metrics["value_loss"] = (value_loss.detach() * mask).sum()
-    with torch.no_grad():
-        log_ratio = (logps - old).masked_fill(~mask, 0.0)
-        ratio = log_ratio.exp()
-        probs = torch.softmax(logits, -1)
-        entropy = torch.logsumexp(logits, -1) - (probs * logits).sum(-1)
-        metrics.update({
-            "policy_loss": (policy.detach() * mask).sum(),
-            "clip_frac": (((ratio - 1).abs() > config.clip_eps) & mask).sum().float(),
-            "approx_kl": (((ratio - 1) - log_ratio) * mask).sum(),  # k3 of π_old ‖ π (Schulman 2020)
-            "entropy": (entropy * mask).sum(),
-        })
+    metrics.update({
+        "policy_loss": (policy.detach() * mask).sum(),
+        "clip_frac": (((log_ratio.exp() - 1).abs() > config.clip_eps) & mask).sum().float(),
+        "approx_kl": (approx_kl * mask).sum(),
+        "entropy": (entropy * mask).sum(),
+    })
     return StepOutput((loss * mask).sum(), metrics)
+
+
+def loss_units(batch: Experience, config: OnlineConfig) -> int:
+    """What the loss is averaged over: replies for RLOO, response tokens (of the global minibatch) otherwise."""
+    if config.algorithm == "rloo":
+        return int(batch.loss_mask.any(-1).sum())
+    return int(batch.loss_mask.sum())
 
 
 def minibatch_rows(rows: int, *, config: OnlineConfig, seed: int, iteration: int, epoch: int, chunk: int
@@ -386,7 +407,7 @@ def update(engine: Engine, experiences: Sequence[Experience], *, config: OnlineC
         for m in range(config.num_minibatches):
             batches = [e.rows(split[m]) for e, split in zip(experiences, splits)]
             records.append(engine.step(batches, lambda model, b: update_step(model, b, config, kl_coef),
-                                       lambda b: int(b.loss_mask.sum())))
+                                       lambda b: loss_units(b, config)))
     return records
 
 
