@@ -305,3 +305,22 @@ def test_rloo_loss_is_per_reply_and_grpo_per_token(tiny, tiny_dir):
     assert loss_units(g, grpo) == int(batch.response_mask.sum())
     assert update_step(model, g, grpo, 0.0).loss_sum.item() == pytest.approx(
         -(g.advantages * batch.response_mask).sum().item(), abs=1e-4)
+
+
+def test_a_scorer_sees_which_prompt_each_row_answers(tiny_dir):
+    policy, tokenizer = load_model(str(tiny_dir))
+    prompts = _prompts(tokenizer, 6)
+    seen = []
+
+    def record(batch):
+        seen.append((batch.prompt_index.tolist(), batch.prompt_ids.tolist(), batch.prompt_mask.tolist()))
+        return torch.zeros(batch.response_ids.shape[0])
+
+    online = OnlineConfig(algorithm="rloo", iterations=2, prompts_per_chunk=3, num_samples=2, max_new_tokens=2,
+                          missing_eos="keep")
+    train_online(policy, prompts, scorer=record, tokenizer=tokenizer, online=online, config=TrainConfig(lr=1e-3),
+                 reference=load_model(str(tiny_dir))[0])
+    for index, ids, mask in seen:
+        for row, prompt in enumerate(index):
+            assert [t for t, m in zip(ids[row], mask[row]) if m] == prompts[prompt]
+    assert sorted(i for index, _, _ in seen for i in index[::2]) == list(range(6))

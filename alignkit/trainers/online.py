@@ -61,7 +61,8 @@ ALGORITHMS = ("ppo", "rloo", "grpo")
 MISSING_EOS = ("penalty", "mask", "keep")
 
 Scorer = Callable[[Rollout], torch.Tensor]
-"""A reward: a rollout → one score per row, (B,)."""
+"""A reward: a rollout → one score per row, (B,). In :func:`train_online` a rollout's ``prompt_index`` is the
+index of each row's prompt in the list passed to it (so a task reward can look up the prompt it answers)."""
 
 
 @dataclass
@@ -518,6 +519,7 @@ def train_online(model: torch.nn.Module, prompt_ids: Sequence[list[int]], *, sco
             generator = torch.Generator(engine.device).manual_seed(_chunk_seed(config.seed, iteration, chunk))
             batch = sample(policy, [list(prompt_ids[i]) for i in picked], config=online, tokenizer=tokenizer,
                            generator=generator)
+            batch.prompt_index = torch.tensor(picked, device=batch.prompt_index.device)[batch.prompt_index]
             experiences.append(make_experience(batch, scorer=scorer, policy=policy, reference=reference,
                                                critic=critic, config=online, kl_coef=kl_coef))
         loss_tokens = engine.reduce_sum(torch.tensor(float(sum(int(e.loss_mask.sum()) for e in experiences))))
