@@ -337,3 +337,68 @@ def vendi_score(images: torch.Tensor) -> float:
         nonzero = eigenvalues[eigenvalues > 0]
         scores.append(torch.exp(-(nonzero * nonzero.log()).sum()).item())
     return sum(scores) / len(scores)
+
+
+def _average_ranks(array: np.ndarray) -> np.ndarray:
+    """1-based ranks of ``array``, tied values sharing the mean of their ranks."""
+    order = np.argsort(array, kind="stable")
+    ranks = np.empty(array.size, dtype=np.float64)
+    sorted_values = array[order]
+    start = 0
+    while start < array.size:
+        stop = start
+        while stop + 1 < array.size and sorted_values[stop + 1] == sorted_values[start]:
+            stop += 1
+        ranks[order[start:stop + 1]] = (start + stop) / 2.0 + 1.0
+        start = stop + 1
+    return ranks
+
+
+def spearman(x, y) -> float:
+    """Spearman's rank correlation: Pearson's correlation of the average ranks (ties share their mean rank).
+
+    NaN when either side is constant (no ranking to correlate). x = [1, 2, 3, 4], y = [1, 3, 2, 4]: ρ = 0.8.
+    """
+    a, b = _as_array(x, "x"), _as_array(y, "y")
+    if a.size != b.size:
+        raise ValueError(f"x and y must be equally long, got {a.size} and {b.size}")
+    ra, rb = _average_ranks(a) - (a.size + 1) / 2.0, _average_ranks(b) - (b.size + 1) / 2.0
+    denominator = math.sqrt(float((ra * ra).sum() * (rb * rb).sum()))
+    return float((ra * rb).sum() / denominator) if denominator > 0 else float("nan")
+
+
+def pairwise_accuracy(chosen_scores, rejected_scores) -> float:
+    """The share of pairs a scorer ranks the labelled way (chosen > rejected), a tie counting ½."""
+    chosen, rejected = _as_array(chosen_scores, "chosen_scores"), _as_array(rejected_scores, "rejected_scores")
+    if chosen.size != rejected.size:
+        raise ValueError(f"got {chosen.size} chosen and {rejected.size} rejected scores; pass one of each per pair")
+    return float(np.where(chosen > rejected, 1.0, np.where(chosen < rejected, 0.0, 0.5)).mean())
+
+
+def within_prompt_accuracy(proxy: list[list[float]], gold: list[list[float]], *, pairs: str = "all") -> dict:
+    """How often ``proxy`` orders two replies to the same prompt as ``gold`` does (a proxy tie counting ½).
+
+    ``pairs="all"``: every pair of a prompt's replies whose gold scores differ; ``"best_worst"``: per prompt one
+    pair, its gold-best against its gold-worst reply (the first of equals; prompts whose replies all tie are
+    left out), as preference pairs are built for training (:func:`alignkit.tasks.best_worst_pairs`).
+    Returns ``{"accuracy", "pairs"}`` (accuracy NaN when no pair differs in gold)."""
+    if pairs not in ("all", "best_worst"):
+        raise ValueError(f"pairs must be 'all' or 'best_worst', got {pairs!r}")
+    if len(proxy) != len(gold):
+        raise ValueError(f"proxy and gold must score the same prompts, got {len(proxy)} and {len(gold)}")
+    chosen, rejected = [], []
+    for index, (p, g) in enumerate(zip(proxy, gold)):
+        if len(p) != len(g):
+            raise ValueError(f"prompt {index}: {len(p)} proxy scores but {len(g)} gold scores")
+        if pairs == "best_worst":
+            best = max(range(len(g)), key=lambda i: (g[i], -i))
+            worst = min(range(len(g)), key=lambda i: (g[i], i))
+            candidates = [(best, worst)] if g[best] != g[worst] else []
+        else:
+            candidates = [(i, j) if g[i] > g[j] else (j, i)
+                          for i in range(len(g)) for j in range(i + 1, len(g)) if g[i] != g[j]]
+        chosen += [p[i] for i, _ in candidates]
+        rejected += [p[j] for _, j in candidates]
+    if not chosen:
+        return {"accuracy": float("nan"), "pairs": 0}
+    return {"accuracy": pairwise_accuracy(chosen, rejected), "pairs": len(chosen)}

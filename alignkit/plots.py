@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 from matplotlib.figure import Figure
 
 
@@ -152,11 +153,18 @@ def interval_panels(panels: dict[str, dict[str, tuple[float, tuple[float, float]
 
 
 def frontier_with_intervals(points: dict[str, tuple[float, tuple[float, float], float, tuple[float, float]]], *,
-                            xlabel: str, ylabel: str, title: str) -> Figure:
+                            xlabel: str, ylabel: str, title: str,
+                            others: dict[str, tuple[float, tuple[float, float], float, tuple[float, float]]] | None = None
+                            ) -> Figure:
     """One point per run with intervals on both axes: ``{label: (x, (x_low, x_high), y, (y_low, y_high))}``,
     e.g. gold against KL to the reference per β. Points are joined in the given order; labels sit beside
-    their points, alternating above and below so that neighbours do not overlap."""
+    their points, alternating above and below so that neighbours do not overlap. ``others``: points of other
+    methods in the same form, drawn as squares and not joined (e.g. PPO beside DPO's β frontier)."""
     figure, axis = plt.subplots(figsize=(6.4, 4.2))
+    for label, (x, (x_low, x_high), y, (y_low, y_high)) in (others or {}).items():
+        axis.errorbar([x], [y], xerr=[[x - x_low], [x_high - x]], yerr=[[y - y_low], [y_high - y]], fmt="s",
+                      capsize=4, color="#444444", markerfacecolor="white", zorder=3)
+        axis.annotate(label, (x, y), textcoords="offset points", xytext=(7, -4), fontsize=9, color="#444444")
     xs = [p[0] for p in points.values()]
     ys = [p[2] for p in points.values()]
     axis.plot(xs, ys, color="#BBBBBB", linewidth=1, zorder=1)
@@ -170,5 +178,48 @@ def frontier_with_intervals(points: dict[str, tuple[float, tuple[float, float], 
     axis.set_title(title)
     axis.grid(alpha=0.3)
     axis.margins(x=0.12, y=0.15)
+    figure.tight_layout()
+    return figure
+
+
+def overoptimization(series: dict[str, dict], *, fits: dict[str, dict] | None = None, proxy_label: str,
+                     gold_label: str, title: str) -> Figure:
+    """Gao et al. (2022)'s figure: proxy and gold gain against d = √KL, one panel each.
+
+    ``series`` maps a label (``"best-of-n"``, ``"PPO"``) to ``{"d": [...], "proxy": [...], "gold": [...]}`` and
+    optionally ``"gold_ci": [(low, high), ...]`` and ``"names": [...]`` (n or step, written beside the points).
+    ``fits`` maps a label to a fit of :func:`alignkit.overoptimization.fit_gao` with its ``"form"``; its curve
+    is drawn dashed on the gold panel in the series' colour.
+    """
+    from alignkit.overoptimization import gao_curve
+
+    figure, (proxy_axis, gold_axis) = plt.subplots(1, 2, figsize=(10.5, 4.0))
+    colours = ["#4C72B0", "#DD8452", "#55A868", "#C44E52"]
+    for colour, (label, points) in zip(colours, series.items()):
+        d = points["d"]
+        proxy_axis.plot(d, points["proxy"], "o-", color=colour, label=label)
+        if points.get("gold_ci"):
+            errors = [[g - lo for g, (lo, _) in zip(points["gold"], points["gold_ci"])],
+                      [hi - g for g, (_, hi) in zip(points["gold"], points["gold_ci"])]]
+            gold_axis.errorbar(d, points["gold"], yerr=errors, fmt="o", capsize=3, color=colour, label=label)
+        else:
+            gold_axis.plot(d, points["gold"], "o", color=colour, label=label)
+        for name, x, y in zip(points.get("names", []), d, points["proxy"]):
+            proxy_axis.annotate(str(name), (x, y), textcoords="offset points", xytext=(4, -11), fontsize=7,
+                                color=colour)
+        fit = (fits or {}).get(label)
+        if fit is not None:
+            grid = np.linspace(max(min(d), 1e-3) if fit["form"] == "rl" else 0.0, max(d), 100)
+            gold_axis.plot(grid, gao_curve(fit, grid, fit["form"]), "--", color=colour, linewidth=1,
+                           label=f"{label} fit: d(α − β·{'d' if fit['form'] == 'bon' else 'log d'})")
+    for axis, ylabel in ((proxy_axis, proxy_label), (gold_axis, gold_label)):
+        axis.axhline(0.0, color="grey", linewidth=0.8)
+        axis.set_xlabel("d = √KL(π ‖ π_SFT), √nats")
+        axis.set_ylabel(ylabel)
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize=8)
+    proxy_axis.set_title("proxy (the reward model)", fontsize=10)
+    gold_axis.set_title("gold (the task world's judge)", fontsize=10)
+    figure.suptitle(title, fontsize=11)
     figure.tight_layout()
     return figure

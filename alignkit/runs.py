@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import random
 import time
@@ -81,11 +82,25 @@ def display_path(path: str | Path, root: Path | None = None) -> str:
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename, so a reader never sees half a file."""
+    """Write JSON to ``path`` through a temporary file and a rename, so a reader never sees half a file. A NaN or
+    infinite number (e.g. an accuracy over no pairs) is written as null: strict JSON has no NaN, and NaN ≠ NaN
+    would make two identical runs compare unequal."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2, default=_to_builtin) + "\n")
+    tmp.write_text(json.dumps(_finite(data), indent=2, default=_to_builtin, allow_nan=False) + "\n")
     os.replace(tmp, path)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, (np.generic, torch.Tensor)) and np.ndim(value) == 0:
+        value = value.item()
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def _to_builtin(value: Any) -> Any:
@@ -164,6 +179,17 @@ class Run:
             f"artifact '{name}' is missing ({where}); it is made by {producer}.ipynb: run "
             f"`alignkit run --profile {self.profile} --only {producer.split('_')[0]}` first, or pass {name}=PATH"
         )
+
+    def optional_artifact(self, name: str, value: str | Path | None) -> Path | None:
+        """An upstream artifact a notebook can do without: the parameter ``value`` if set (it must exist), else the
+        registry's entry if it exists, else None."""
+        if value is not None:
+            path = Path(value).expanduser()
+            if not path.exists():
+                raise FileNotFoundError(f"{name}='{path}' does not exist; pass an existing path or None")
+            return path.resolve()
+        entry = read_artifacts(self.run_dir).get(name)
+        return Path(entry["path"]) if entry is not None and Path(entry["path"]).exists() else None
 
     def finish(self) -> dict[str, Any]:
         """Add the total wall time as ``seconds`` and write ``<report_dir>/metrics.json``; returns the metrics."""

@@ -21,12 +21,15 @@ from alignkit.runs import derive_seed
 
 OTHER_FAMILIES = tuple(f for f in FAMILIES if f != "arithmetic")
 
-PROMPT_PLANS: dict[str, dict[str, tuple[str, tuple[str, ...] | None, str]]] = {
-    # notebook → purpose → (split, families (None = all), the setting that holds the count)
+PROMPT_PLANS: dict[str, dict[str, tuple]] = {
+    # notebook → purpose → (split, families (None = all), the setting that holds the count[, the notebook whose
+    # stream it shares: the same prompts as that notebook's purpose of the same name, for a comparison across them])
     "00_pretrained_model": {"eval": ("test", None, "num_eval")},
     "01_sft": {"train arithmetic": ("train", ("arithmetic",), "num_train"),
                "train other": ("train", OTHER_FAMILIES, "num_rejection"),
                "eval": ("test", None, "num_eval")},
+    "02a_reward_model": {"train": ("train", None, "num_prompts"), "bon": ("test", None, "num_bon_prompts")},
+    "02b_rlhf": {"train": ("train", None, "num_prompts"), "eval": ("test", None, "num_eval", "05_dpo")},
     "05_dpo": {"train": ("train", None, "num_prompts"), "eval": ("test", None, "num_eval")},
 }
 
@@ -35,9 +38,24 @@ def notebook_prompts(notebook: str, settings: dict, seed: int) -> dict[str, list
     """Every prompt set of ``notebook``'s plan (:data:`PROMPT_PLANS`): ``{purpose: prompts}``."""
     if notebook not in PROMPT_PLANS:
         raise ValueError(f"{notebook} has no prompt plan; known: {', '.join(PROMPT_PLANS)}")
-    return {purpose: make_prompts(settings[count], seed=derive_seed(seed, notebook, purpose), split=split,
-                                  families=families)
-            for purpose, (split, families, count) in PROMPT_PLANS[notebook].items()}
+    drawn = {}
+    for purpose, (split, families, count, *shared) in PROMPT_PLANS[notebook].items():
+        stream = derive_seed(seed, shared[0] if shared else notebook, purpose)
+        drawn[purpose] = make_prompts(settings[count], seed=stream, split=split, families=families)
+    return drawn
+
+
+def gold_scorer(prompts: Sequence[dict], tokenizer) -> Callable:
+    """A reward for the online trainers (:data:`alignkit.trainers.online.Scorer`): each reply of a rollout decoded
+    and scored by the gold judge against its prompt ``prompts[prompt_index]``, on the common scale
+    (:func:`common_scale`). The trainers log it beside the proxy; they never optimise it."""
+    import torch
+
+    def score(batch) -> "torch.Tensor":
+        rows = [prompts[i] for i in batch.prompt_index.tolist()]
+        return torch.tensor(common_scale(rows, gold_scores(rows, batch.texts(tokenizer))), dtype=torch.float32)
+
+    return score
 
 
 # The shape of the taught reply, whatever its numbers: "<int> <op> <int> = <int>", an optional final period.
@@ -116,6 +134,25 @@ def best_worst_pairs(prompts: Sequence[dict], samples: Sequence[Sequence[str]], 
                         "chosen_score": scores[best], "rejected_score": scores[worst], "id": prompt["id"],
                         "family": prompt["family"], "item": prompt["item"],
                         "chosen_truncated": not flags[best], "rejected_truncated": not flags[worst]})
+    return records
+
+
+def ranked_groups(prompts: Sequence[dict], samples: Sequence[Sequence[str]], *,
+                  ended: Sequence[Sequence[bool]] | None = None,
+                  judge: Callable[[dict, str], float] = gold_reward) -> list[dict]:
+    """Ranked-group records for a reward model (:func:`alignkit.trainers.pairs.tokenize_groups`): each prompt's k
+    samples with their ``judge`` scores, for every prompt whose samples do not all tie (InstructGPT ranks k replies
+    per prompt and trains on all their comparisons)."""
+    if len(prompts) != len(samples):
+        raise ValueError(f"got {len(prompts)} prompts but {len(samples)} sample lists; pass one list per prompt")
+    ended = [[True] * len(replies) for replies in samples] if ended is None else ended
+    records = []
+    for prompt, replies, flags in zip(prompts, samples, ended, strict=True):
+        scores = [judge(prompt, reply) for reply in replies]
+        if len(set(scores)) > 1:
+            records.append({"prompt": prompt["prompt"], "replies": list(replies), "scores": scores,
+                            "truncated": [not f for f in flags], "id": prompt["id"], "family": prompt["family"],
+                            "item": prompt["item"]})
     return records
 
 

@@ -324,3 +324,40 @@ def test_a_scorer_sees_which_prompt_each_row_answers(tiny_dir):
         for row, prompt in enumerate(index):
             assert [t for t, m in zip(ids[row], mask[row]) if m] == prompts[prompt]
     assert sorted(i for index, _, _ in seen for i in index[::2]) == list(range(6))
+
+
+def test_the_critic_learns_at_its_own_rate(tiny_dir):
+    """PolicyAndCritic(critic_lr_scale=s): one AdamW step moves the critic's weights s times as far as at s = 1
+    (Adam's first step is lr · sign-like, so the step is proportional to the group's rate)."""
+    from alignkit.trainers.engine import Engine, StepOutput
+
+    moves = {}
+    for scale in (1.0, 0.1):
+        torch.manual_seed(0)
+        policy, tokenizer = load_model(str(tiny_dir))
+        critic = load_head_model(str(tiny_dir), seed=1)
+        model = PolicyAndCritic(policy, critic, critic_lr_scale=scale)
+        engine = Engine(model, TrainConfig(lr=1e-3, seed=0, max_grad_norm=0.0), total_steps=1)
+        assert [g["lr"] for g in engine.optimizer.param_groups] == pytest.approx([1e-3, 1e-3 * scale])
+        before = critic.score.weight.detach().clone()
+        ids = torch.tensor([[5, 6, 7, 8]])
+        inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.arange(4)[None]}
+        engine.step([None], lambda m, _: StepOutput(sum(x.float().sum() for x in m(**inputs, columns=torch.arange(3)))
+                                                   , {}), lambda _: 1)
+        moves[scale] = (critic.score.weight.detach() - before).abs().max().item()
+    assert moves[0.1] == pytest.approx(0.1 * moves[1.0], rel=1e-3)
+    with pytest.raises(ValueError, match="critic_lr_scale must be > 0"):
+        PolicyAndCritic(policy, critic, critic_lr_scale=0.0)
+
+
+def test_a_32_bit_run_seed_reaches_every_generator():
+    """Notebooks seed runs with derive_seed (32-bit): the per-chunk and per-minibatch generators must accept it."""
+    from alignkit.trainers.online import _chunk_seed, minibatch_rows
+
+    seed = 2 ** 32 - 1
+    assert 0 <= _chunk_seed(seed, 10 ** 6, 7) < 2 ** 63
+    torch.Generator().manual_seed(_chunk_seed(seed, 10 ** 6, 7))
+    rows = minibatch_rows(8, config=OnlineConfig(prompts_per_chunk=8, num_minibatches=2), seed=seed, iteration=3,
+                          epoch=1, chunk=2)
+    assert sorted(torch.cat(rows).tolist()) == list(range(8))
+    assert _chunk_seed(seed, 1, 0) != _chunk_seed(seed, 2, 0) != _chunk_seed(seed, 1, 1)

@@ -83,3 +83,65 @@ def test_the_normaliser_centres_and_scales():
         ScoreNormalizer.fit([2.0, 2.0])
     with pytest.raises(ValueError, match="NaN"):
         ScoreNormalizer.fit([1.0, float("nan")])
+
+
+def test_a_saved_reward_model_loads_with_its_normaliser_and_scores_alike(tiny_dir, tokenizer, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    from alignkit.trainers.reward import load_reward_model, save_reward_model
+
+    model = load_head_model(tiny_dir, seed=3)
+    records = _pairs(5, 3)
+    prompts, replies = [r["prompt"] for r in records], [r["chosen"] for r in records]
+    folder = save_reward_model(model, tokenizer, ScoreNormalizer(0.5, 2.0), tmp_path / "rm")
+    assert not list(tmp_path.glob(".rm*"))  # no staging folder left
+    loaded, loaded_tokenizer, normaliser = load_reward_model(folder)
+    assert (normaliser.mean, normaliser.std) == (0.5, 2.0)
+    assert score_replies(loaded, loaded_tokenizer, prompts, replies) == pytest.approx(
+        score_replies(model, tokenizer, prompts, replies), abs=1e-6)
+    assert AutoModelForSequenceClassification.from_pretrained(folder).config.num_labels == 1
+    # a reply cut at the limit is scored at its last token, without the end-of-turn token
+    cut = score_replies(model, tokenizer, prompts, replies, ended=[False] * 3)
+    assert cut != pytest.approx(score_replies(model, tokenizer, prompts, replies), abs=1e-4)
+    with pytest.raises(FileNotFoundError, match="score_normalizer.json"):
+        load_reward_model(tiny_dir)
+
+
+def test_the_group_step_is_the_mean_over_each_prompts_comparisons(tiny_dir, tokenizer):
+    from alignkit.trainers.pairs import tokenize_groups
+    from alignkit.trainers.reward import collate_groups, group_step
+
+    model = load_head_model(tiny_dir, seed=0)
+    records = [{"prompt": "How is tea?", "replies": ["It is great.", "It is sad.", "It is fine."],
+                "scores": [1.0, -1.0, 1.0]},  # comparisons (0, 1) and (2, 1); 0 and 2 tie
+               {"prompt": "How is lunch?", "replies": ["Broken.", "Lovely."], "scores": [0.0, 2.0]}]
+    groups = tokenize_groups(tokenizer, records, 64)
+    assert groups[0].comparisons() == [(0, 1), (2, 1)] and groups[1].comparisons() == [(1, 0)]
+    batch = collate_groups(groups)
+    # each reply scored alone, through the text path, as an independent reference
+    r = [score_replies(model, tokenizer, [rec["prompt"]] * len(rec["replies"]), rec["replies"]) for rec in records]
+    nll = lambda a, b, m=0.0: math.log1p(math.exp(-(a - b - m)))
+    expected = (nll(r[0][0], r[0][1]) + nll(r[0][2], r[0][1])) / 2 + nll(r[1][1], r[1][0])
+    assert group_step(model, batch, RewardConfig()).loss_sum.item() == pytest.approx(expected, rel=1e-4)
+    expected_margin = (nll(r[0][0], r[0][1], 2.0) + nll(r[0][2], r[0][1], 2.0)) / 2 + nll(r[1][1], r[1][0], 2.0)
+    assert group_step(model, batch, RewardConfig(loss_type="margin")).loss_sum.item() == pytest.approx(
+        expected_margin, rel=1e-4)
+
+
+def test_a_tiny_reward_model_learns_from_ranked_groups(tiny_dir, tokenizer):
+    from alignkit.trainers.pairs import tokenize_groups
+    from alignkit.trainers.reward import run_group_reward_model
+
+    def groups(seed, n):
+        return [{"prompt": p["prompt"], "replies": [p["chosen"], p["rejected"], p["chosen"].replace(".", "!")],
+                 "scores": [1.0, -1.0, 0.5]} for p in _pairs(seed, n)]
+
+    model = load_head_model(tiny_dir, seed=0)
+    run_group_reward_model(model, tokenize_groups(tokenizer, groups(1, 48), 64), reward=RewardConfig(),
+                           config=TrainConfig(lr=3e-3, num_epochs=3, batch_size=8, seed=0))
+    chosen, rejected = score_pairs(model, tokenize_pairs(tokenizer, _pairs(2, 32), 64))
+    assert sum(c > r for c, r in zip(chosen, rejected)) / 32 >= 0.9
+    with pytest.raises(ValueError, match="nothing to compare"):
+        run_group_reward_model(model, tokenize_groups(tokenizer, [{"prompt": "x", "replies": ["a", "b"],
+                                                                   "scores": [1, 1]}], 64),
+                               reward=RewardConfig(), config=TrainConfig(lr=1e-3))

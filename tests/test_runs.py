@@ -96,3 +96,31 @@ def test_start_run_and_artifact_expand_the_home_folder(tmp_path, monkeypatch):
     run = start_run("00_x", profile="smoke", seed=0, run_dir="~/runs", report_dir="~/rep")
     assert run.run_dir == (tmp_path / "runs").resolve() and run.report_dir == (tmp_path / "rep").resolve()
     assert run.artifact("base_model_dir", "~/weights", producer="00_model") == (tmp_path / "weights").resolve()
+
+
+def test_metrics_json_is_strict_json_with_nan_as_null(tmp_path):
+    import json as json_module
+
+    import numpy as np
+
+    from alignkit.runs import write_json_atomic
+
+    write_json_atomic(tmp_path / "m.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": {"d": np.float64("nan")},
+                                            "e": 0.5})
+    text = (tmp_path / "m.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    assert json_module.loads(text) == {"a": None, "b": [1.0, None], "c": {"d": None}, "e": 0.5}
+
+
+def test_an_optional_artifact_is_the_parameter_the_registry_or_none(tmp_path):
+    from alignkit.runs import start_run
+
+    run = start_run("05_dpo", profile="smoke", seed=0, run_dir=tmp_path / "runs")
+    assert run.optional_artifact("rlhf_points", None) is None
+    made = tmp_path / "points.json"
+    made.write_text("{}")
+    run.register_artifact("rlhf_points", made)
+    assert run.optional_artifact("rlhf_points", None) == made.resolve()
+    assert run.optional_artifact("rlhf_points", str(made)) == made.resolve()
+    with pytest.raises(FileNotFoundError, match="rlhf_points='.*missing.json' does not exist"):
+        run.optional_artifact("rlhf_points", str(tmp_path / "missing.json"))

@@ -91,3 +91,13 @@ def test_notebook_settings_fill_defaults_and_reject_typos():
     assert settings["lr"] == 0.5 and settings["num_train"] == 24
     with pytest.raises(ValueError, match=r"01_sft has no knob \['learning_rate'\]"):
         notebook_settings("01_sft", "cpu", learning_rate=1e-5)
+
+
+def test_ranked_groups_keep_prompts_whose_samples_differ():
+    from alignkit.data import make_prompts
+
+    prompts = make_prompts(2, seed=0, split="train", families=("harmful",))
+    samples = [["I can't help with that.", "Sure, here is how.", "I won't help."], ["Sure.", "Okay, here."]]
+    records = tasks.ranked_groups(prompts, samples, ended=[[True, False, True], [True, True]])
+    assert len(records) == 1 and records[0]["replies"] == samples[0]
+    assert records[0]["scores"] == [1.0, -1.0, 1.0] and records[0]["truncated"] == [False, True, False]

@@ -1,6 +1,7 @@
 """PPO's trained model: the policy (a causal LM, LoRA or not) and the critic (a head model on its own trunk) as
 one module, so that one optimizer, one DDP wrapper and one checkpoint hold both (TRL's PPO trainer wraps its
-policy and value model the same way). The critic is usually initialised from the reward model.
+policy and value model the same way). The critic is usually initialised from the reward model; it may learn at
+its own rate (``critic_lr_scale`` × the policy's: a LoRA policy takes a larger rate than a fully trained critic).
 """
 
 from __future__ import annotations
@@ -13,10 +14,20 @@ from alignkit.models.heads import head_at_columns
 class PolicyAndCritic(torch.nn.Module):
     """``forward`` returns the policy's logits and the critic's values at the same columns."""
 
-    def __init__(self, policy: torch.nn.Module, critic: torch.nn.Module) -> None:
+    def __init__(self, policy: torch.nn.Module, critic: torch.nn.Module, *, critic_lr_scale: float = 1.0) -> None:
         super().__init__()
+        if not critic_lr_scale > 0:
+            raise ValueError(f"critic_lr_scale must be > 0, got {critic_lr_scale}")
         self.policy = policy
         self.critic = critic
+        self.critic_lr_scale = critic_lr_scale
+
+    def optimizer_groups(self, lr: float) -> list[dict]:
+        """AdamW parameter groups: the policy's trainable weights at ``lr``, the critic's at ``lr`` ×
+        ``critic_lr_scale`` (the schedule scales both)."""
+        groups = [{"params": [p for p in part.parameters() if p.requires_grad], "lr": lr * scale}
+                  for part, scale in ((self.policy, 1.0), (self.critic, self.critic_lr_scale))]
+        return [g for g in groups if g["params"]]
 
     def parts(self) -> dict[str, torch.nn.Module]:
         """The named parts a checkpoint saves in their own subfolders (``policy/``, ``critic/``)."""

@@ -338,7 +338,10 @@ class Engine:
         self.trainable = [p for p in model.parameters() if p.requires_grad]
         if not self.trainable:
             raise ValueError("the model has no trainable parameter (all have requires_grad=False)")
-        optimizer = torch.optim.AdamW(self.trainable, lr=config.lr, weight_decay=config.weight_decay,
+        # a model made of parts may ask for a learning rate per part (PPO's critic): ``optimizer_groups(lr)``
+        groups = model.optimizer_groups(config.lr) if hasattr(model, "optimizer_groups") else [
+            {"params": self.trainable}]
+        optimizer = torch.optim.AdamW(groups, lr=config.lr, weight_decay=config.weight_decay,
                                       fused=_can_fuse(self.trainable, self.accelerator.device))
         # Under DeepSpeed the ZeRO optimizer steps this AdamW's param_groups (with its flat fp32 partitions as
         # params), so the schedule set here is the LR it uses; DeepSpeed is not given a scheduler of its own.

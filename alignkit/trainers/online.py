@@ -208,8 +208,11 @@ def check_same_tokenizer(policy_tokenizer: PreTrainedTokenizerBase, reward_token
                          "not be the one the policy answered; save both with the same tokenizer")
 
 
+_SEED_MODULUS = 2 ** 61 - 1  # a prime: generators take seeds below 2**64, and products of 32-bit seeds overflow
+
+
 def _chunk_seed(seed: int, iteration: int, chunk: int) -> int:
-    return (seed * 1_000_003 + iteration) * 10_007 + chunk
+    return ((seed * 1_000_003 + iteration) * 10_007 + chunk) % _SEED_MODULUS
 
 
 def chunk_prompts(num_prompts: int, *, config: OnlineConfig, seed: int, iteration: int, chunk: int,
@@ -394,7 +397,7 @@ def loss_units(batch: Experience, config: OnlineConfig) -> int:
 def minibatch_rows(rows: int, *, config: OnlineConfig, seed: int, iteration: int, epoch: int, chunk: int
                    ) -> list[torch.Tensor]:
     """A chunk's rows shuffled by (seed, iteration, epoch, chunk) and split into ``num_minibatches``."""
-    generator = torch.Generator().manual_seed(_chunk_seed(seed, iteration, chunk) * 31 + epoch + 1)
+    generator = torch.Generator().manual_seed((_chunk_seed(seed, iteration, chunk) * 31 + epoch + 1) % _SEED_MODULUS)
     return list(torch.randperm(rows, generator=generator).chunk(config.num_minibatches))
 
 

@@ -50,3 +50,45 @@ def tokenize_pairs(tokenizer: PreTrainedTokenizerBase, records: Sequence[dict], 
 def pack_pairs(examples: Sequence[PairExample]) -> PackedBatch:
     """Pack pairs as items of two branches (chosen, rejected) after one shared prompt."""
     return pack([(e.prompt_ids, [e.chosen_ids, e.rejected_ids]) for e in examples])
+
+
+@dataclass
+class GroupExample:
+    """A prompt with k ≥ 2 tokenized replies and their gold scores: every pair of replies whose scores differ is a
+    comparison (InstructGPT's K-choose-2 comparisons of one prompt, trained as one batch element)."""
+
+    prompt_ids: list[int]
+    reply_ids: list[list[int]]
+    scores: list[float]
+
+    def comparisons(self) -> list[tuple[int, int]]:
+        """(better, worse) reply indices of every pair whose scores differ."""
+        k = len(self.scores)
+        return [(i, j) if self.scores[i] > self.scores[j] else (j, i)
+                for i in range(k) for j in range(i + 1, k) if self.scores[i] != self.scores[j]]
+
+
+def tokenize_groups(tokenizer: PreTrainedTokenizerBase, records: Sequence[dict], max_length: int) -> list[GroupExample]:
+    """Records ``{"prompt", "replies": [str, ...], "scores": [float, ...]}`` (optionally ``"truncated": [bool, ...]``,
+    replies cut at a token limit, which get no end token) → :class:`GroupExample` s."""
+    examples = []
+    for index, record in enumerate(records):
+        replies, scores = record.get("replies"), record.get("scores")
+        if not isinstance(replies, list) or not isinstance(scores, list) or len(replies) != len(scores) \
+                or len(replies) < 2:
+            raise ValueError(f"record {index}: a ranked group needs 'replies' and 'scores', equally long lists of at "
+                             f"least 2 (got {type(replies).__name__} and {type(scores).__name__})")
+        truncated = record.get("truncated", [False] * len(replies))
+        turns = [tokenize_turn(tokenizer, record["prompt"], reply, max_length, ended=not cut)
+                 for reply, cut in zip(replies, truncated)]
+        if any(t is None for t in turns):
+            raise ValueError(f"record {index}: the prompt alone is longer than max_length={max_length} tokens; "
+                             f"raise max_length or shorten the prompt")
+        examples.append(GroupExample(turns[0].prompt_ids, [t.response_ids for t in turns],
+                                     [float(s) for s in scores]))
+    return examples
+
+
+def pack_groups(examples: Sequence[GroupExample]) -> PackedBatch:
+    """Pack groups as items of k branches after one shared prompt."""
+    return pack([(e.prompt_ids, list(e.reply_ids)) for e in examples])

@@ -15,7 +15,10 @@ model's own samples, so that the KL coefficient means the same whatever the head
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -24,10 +27,10 @@ import torch
 from transformers import PreTrainedTokenizerBase
 
 from alignkit.losses import bradley_terry_loss, masked_mse
-from alignkit.models.heads import packed_head_outputs
+from alignkit.models.heads import load_head_model, packed_head_outputs
 from alignkit.trainers.loop import StepOutput, TrainConfig, TrainResult, train
 from alignkit.trainers.packing import PackedBatch, last_positions, pack
-from alignkit.trainers.pairs import PairExample, pack_pairs
+from alignkit.trainers.pairs import GroupExample, PairExample, pack_groups, pack_pairs
 from alignkit.chat import tokenize_turn
 
 REWARD_LOSSES = ("bradley_terry", "margin", "regression")
@@ -101,6 +104,55 @@ def run_reward_model(model: torch.nn.Module, examples: Sequence[PairExample], *,
                  **loop_kwargs)
 
 
+@dataclass
+class RankedGroups:
+    """A micro-batch of ranked groups: one packed row, and the groups (for their scores and comparisons)."""
+
+    packed: PackedBatch
+    groups: list[GroupExample]
+
+
+def collate_groups(examples: list[GroupExample]) -> RankedGroups:
+    return RankedGroups(pack_groups(examples), list(examples))
+
+
+def group_step(model: torch.nn.Module, batch: RankedGroups, config: RewardConfig) -> StepOutput:
+    """InstructGPT's reward-model loss (Ouyang et al. 2022, Eq. 1): per prompt, the mean over its comparisons of
+    −log σ(r_better − r_worse − m), summed over the micro-batch's prompts (one unit per prompt, so a prompt with
+    many comparisons does not outweigh one with few — and each reply is encoded once for all its pairs)."""
+    scores = packed_head_outputs(model, batch.packed, last_positions(batch.packed))[:, 0]
+    loss_sum = scores.new_zeros(())
+    right = margin_sum = 0.0
+    offset = 0
+    for group in batch.groups:
+        pairs = group.comparisons()
+        if not pairs:
+            raise ValueError("a ranked group whose replies all score the same has no comparison: drop it")
+        better = torch.tensor([offset + i for i, _ in pairs], device=scores.device)
+        worse = torch.tensor([offset + j for _, j in pairs], device=scores.device)
+        gaps = torch.tensor([group.scores[i] - group.scores[j] for i, j in pairs], device=scores.device)
+        margin = config.margin_scale * gaps if config.loss_type == "margin" else None
+        loss_sum = loss_sum + bradley_terry_loss(scores[better], scores[worse], margin).mean()
+        with torch.no_grad():
+            right += (scores[better] > scores[worse]).float().mean()
+            margin_sum += (scores[better] - scores[worse]).mean()
+        offset += len(group.scores)
+    return StepOutput(loss_sum, {"accuracy": right, "margin": margin_sum})
+
+
+def run_group_reward_model(model: torch.nn.Module, examples: Sequence[GroupExample], *, reward: RewardConfig,
+                           config: TrainConfig, output_dir: str | Path | None = None, **loop_kwargs) -> TrainResult:
+    """Train a head model on ranked groups (Bradley–Terry or margin; ``batch_size`` counts prompts)."""
+    if reward.loss_type == "regression":
+        raise ValueError("ranked groups train the Bradley–Terry losses; for regression use run_reward_model on pairs")
+    examples = [e for e in examples if e.comparisons()]
+    if not examples:
+        raise ValueError("no ranked group has two replies that score differently: nothing to compare")
+    return train(model, examples, collate=collate_groups, step=lambda m, b: group_step(m, b, reward),
+                 units=lambda b: len(b.groups), config=config, output_dir=output_dir,
+                 desc=f"reward model ({reward.loss_type}, ranked groups)", **loop_kwargs)
+
+
 @torch.no_grad()
 def score_pairs(model: torch.nn.Module, examples: Sequence[PairExample], *, batch_size: int = 8
                 ) -> tuple[list[float], list[float]]:
@@ -120,13 +172,18 @@ def score_pairs(model: torch.nn.Module, examples: Sequence[PairExample], *, batc
 
 @torch.no_grad()
 def score_replies(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
-                  replies: Sequence[str], *, max_length: int = 256, batch_size: int = 16) -> list[float]:
-    """r(x, y) for each prompt and reply text (the reply ends with the end-of-turn token, as in training)."""
+                  replies: Sequence[str], *, ended: Sequence[bool] | None = None, max_length: int = 256,
+                  batch_size: int = 16) -> list[float]:
+    """r(x, y) for each prompt and reply text. A reply ends with the end-of-turn token, as in training, unless
+    ``ended[i]`` is False (it was cut at a token limit: scored at its last token, as a rollout's reply is)."""
     if len(prompts) != len(replies):
         raise ValueError(f"got {len(prompts)} prompts and {len(replies)} replies; pass one reply per prompt")
+    ended = [True] * len(prompts) if ended is None else list(ended)
+    if len(ended) != len(prompts):
+        raise ValueError(f"ended has {len(ended)} flags for {len(prompts)} replies; pass one per reply")
     items = []
-    for index, (prompt, reply) in enumerate(zip(prompts, replies)):
-        example = tokenize_turn(tokenizer, prompt, reply, max_length)
+    for index, (prompt, reply, done) in enumerate(zip(prompts, replies, ended)):
+        example = tokenize_turn(tokenizer, prompt, reply, max_length, ended=done)
         if example is None:
             raise ValueError(f"prompt {index} alone is longer than max_length={max_length} tokens")
         items.append((example.prompt_ids, [example.response_ids]))
@@ -163,3 +220,37 @@ class ScoreNormalizer:
 
     def __call__(self, scores: torch.Tensor) -> torch.Tensor:
         return (scores - self.mean) / self.std
+
+
+NORMALIZER_FILE = "score_normalizer.json"
+
+
+def save_reward_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, normalizer: ScoreNormalizer,
+                      folder: str | Path) -> Path:
+    """The head model as a Hugging Face folder (``AutoModelForSequenceClassification`` loads it), its tokenizer,
+    and the normaliser beside them (``score_normalizer.json``); written to a temporary sibling and renamed, so
+    an interrupted save leaves no folder that looks complete. An existing folder is replaced."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    staging = folder.with_name(f".{folder.name}.tmp")
+    if staging.exists():
+        shutil.rmtree(staging)
+    model.save_pretrained(staging, safe_serialization=True)
+    tokenizer.save_pretrained(staging)
+    (staging / NORMALIZER_FILE).write_text(json.dumps({"mean": normalizer.mean, "std": normalizer.std}))
+    if folder.exists():
+        shutil.rmtree(folder)
+    os.rename(staging, folder)
+    return folder
+
+
+def load_reward_model(folder: str | Path) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, ScoreNormalizer]:
+    """What :func:`save_reward_model` wrote: the head model (eval mode), its tokenizer and its normaliser."""
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    if not (folder / NORMALIZER_FILE).is_file():
+        raise FileNotFoundError(f"{folder} holds no {NORMALIZER_FILE}: it is not a reward model saved by "
+                                f"save_reward_model (notebook 02a makes one)")
+    values = json.loads((folder / NORMALIZER_FILE).read_text())
+    return load_head_model(folder), AutoTokenizer.from_pretrained(folder), ScoreNormalizer(values["mean"], values["std"])
