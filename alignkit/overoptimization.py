@@ -17,9 +17,12 @@ C(j − 1, n − 1) of the C(N, n) subsets), rather than taking the first n samp
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
+
+from alignkit.runs import write_json_atomic
 
 GAO_FORMS = ("bon", "rl")
 
@@ -119,3 +122,12 @@ def probe_every(every: int, points: list, measure: Callable[[], dict]) -> Callab
             points.append({"iteration": len(state.iterations), **measure()})
 
     return probe
+
+
+def stand_in_bon_points(path: str | Path) -> Path:
+    """Best-of-n points of n = 1 only (all zero, no fit), in notebook 02a's format: the ``smoke`` profile's stand-in
+    when 02a has not run."""
+    path = Path(path)
+    write_json_atomic(path, {"n": [1], "kl": [0.0], "d": [0.0], "proxy": [0.0], "gold": [0.0], "gold_ci": [[0.0, 0.0]],
+                             "oracle_gold": [0.0], "fit": None, "num_prompts": 0})
+    return path

@@ -145,3 +145,13 @@ def test_a_tiny_reward_model_learns_from_ranked_groups(tiny_dir, tokenizer):
         run_group_reward_model(model, tokenize_groups(tokenizer, [{"prompt": "x", "replies": ["a", "b"],
                                                                    "scores": [1, 1]}], 64),
                                reward=RewardConfig(), config=TrainConfig(lr=1e-3))
+
+
+def test_the_smoke_stand_in_reward_model_loads_like_a_trained_one(tiny_dir, tmp_path):
+    from alignkit.trainers.reward import load_reward_model, stand_in_reward_model
+
+    folder = stand_in_reward_model(tiny_dir, tmp_path / "rm", seed=2)
+    model, loaded_tokenizer, normaliser = load_reward_model(folder)
+    assert (normaliser.mean, normaliser.std) == (0.0, 1.0)
+    assert torch.equal(model.score.weight, load_head_model(tiny_dir, seed=2).score.weight)
+    assert stand_in_reward_model(tiny_dir, folder, seed=5) == folder  # an existing one is reused

@@ -244,6 +244,18 @@ def save_reward_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase
     return folder
 
 
+def stand_in_reward_model(base_dir: str | Path, folder: str | Path, *, seed: int = 0) -> Path:
+    """An untrained reward model on ``base_dir``'s trunk (a new head drawn with ``seed``, the identity normaliser),
+    saved as :func:`save_reward_model` saves one: what the ``smoke`` profile uses when notebook 02a has not run."""
+    from transformers import AutoTokenizer
+
+    folder = Path(folder)
+    if (folder / NORMALIZER_FILE).is_file():
+        return folder
+    return save_reward_model(load_head_model(base_dir, seed=seed), AutoTokenizer.from_pretrained(base_dir),
+                             ScoreNormalizer(0.0, 1.0), folder)
+
+
 def load_reward_model(folder: str | Path) -> tuple[torch.nn.Module, PreTrainedTokenizerBase, ScoreNormalizer]:
     """What :func:`save_reward_model` wrote: the head model (eval mode), its tokenizer and its normaliser."""
     from transformers import AutoTokenizer
