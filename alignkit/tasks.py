@@ -92,18 +92,24 @@ class Kept(NamedTuple):
     ended: bool
 
 
+def _judged(prompts: Sequence[dict], samples: Sequence[Sequence[str]], ended: Sequence[Sequence[bool]] | None,
+            judge: Callable[[dict, str], float]):
+    """(prompt, replies, ended flags, judge scores) per prompt; ``ended`` defaults to all True."""
+    if len(prompts) != len(samples):
+        raise ValueError(f"got {len(prompts)} prompts but {len(samples)} sample lists; pass one list per prompt")
+    ended = [[True] * len(replies) for replies in samples] if ended is None else ended
+    for prompt, replies, flags in zip(prompts, samples, ended, strict=True):
+        yield prompt, replies, flags, [judge(prompt, reply) for reply in replies]
+
+
 def best_of_k(prompts: Sequence[dict], samples: Sequence[Sequence[str]], *, ended: Sequence[Sequence[bool]] | None = None,
               judge: Callable[[dict, str], float] = gold_reward, min_score: float = 0.0) -> list[Kept]:
     """Rejection sampling: for each prompt its best sample by ``judge``, kept only when it scores above
     ``min_score`` (with the gold judge's scales, 0 keeps a refusal, a right answer, a reply with the requested
     sentiment or the topic's keywords). Returns a :class:`Kept` for each kept prompt, in order (``ended`` from
     the samples' flags, True if none are given); among equal scores the first sample wins."""
-    if len(prompts) != len(samples):
-        raise ValueError(f"got {len(prompts)} prompts but {len(samples)} sample lists; pass one list per prompt")
-    ended = [[True] * len(replies) for replies in samples] if ended is None else ended
     kept = []
-    for prompt, replies, flags in zip(prompts, samples, ended, strict=True):
-        scores = [judge(prompt, reply) for reply in replies]
+    for prompt, replies, flags, scores in _judged(prompts, samples, ended, judge):
         best = max(range(len(replies)), key=lambda i: (scores[i], -i))
         if scores[best] > min_score:
             kept.append(Kept(prompt, replies[best], scores[best], bool(flags[best])))
@@ -116,14 +122,10 @@ def best_worst_pairs(prompts: Sequence[dict], samples: Sequence[Sequence[str]], 
     """Preference records from k samples per prompt: the best sample by ``judge`` is ``chosen``, the worst
     ``rejected``; prompts whose samples all score the same are dropped (no preference to learn), unless
     ``keep_ties`` (the smoke profile's random model ties everywhere: then the first and last samples pair up)."""
-    if len(prompts) != len(samples):
-        raise ValueError(f"got {len(prompts)} prompts but {len(samples)} sample lists; pass one list per prompt")
-    ended = [[True] * len(replies) for replies in samples] if ended is None else ended
     records = []
-    for prompt, replies, flags in zip(prompts, samples, ended, strict=True):
+    for prompt, replies, flags, scores in _judged(prompts, samples, ended, judge):
         if len(replies) < 2:
             raise ValueError(f"prompt {prompt.get('id')!r} has {len(replies)} samples; pairs need at least 2")
-        scores = [judge(prompt, reply) for reply in replies]
         best = max(range(len(replies)), key=lambda i: (scores[i], -i))
         worst = min(range(len(replies)), key=lambda i: (scores[i], i))
         if scores[best] == scores[worst]:
@@ -143,12 +145,8 @@ def ranked_groups(prompts: Sequence[dict], samples: Sequence[Sequence[str]], *,
     """Ranked-group records for a reward model (:func:`alignkit.trainers.pairs.tokenize_groups`): each prompt's k
     samples with their ``judge`` scores, for every prompt whose samples do not all tie (InstructGPT ranks k replies
     per prompt and trains on all their comparisons)."""
-    if len(prompts) != len(samples):
-        raise ValueError(f"got {len(prompts)} prompts but {len(samples)} sample lists; pass one list per prompt")
-    ended = [[True] * len(replies) for replies in samples] if ended is None else ended
     records = []
-    for prompt, replies, flags in zip(prompts, samples, ended, strict=True):
-        scores = [judge(prompt, reply) for reply in replies]
+    for prompt, replies, flags, scores in _judged(prompts, samples, ended, judge):
         if len(set(scores)) > 1:
             records.append({"prompt": prompt["prompt"], "replies": list(replies), "scores": scores,
                             "truncated": [not f for f in flags], "id": prompt["id"], "family": prompt["family"],
