@@ -27,12 +27,13 @@ import shutil
 import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import NamedTuple
 
+from alignkit.durable import check_writable, publish_folder, staging_folder
 from alignkit.profiles import resolve_profile
 from alignkit.progress import BATCH_ENV
 from alignkit.runs import (METRICS_FILE, display_path, is_result_key, project_root, read_artifacts,
@@ -179,6 +180,8 @@ def write_summary(out_dir: Path, profile: str) -> Path:
     run time, its headline results (:func:`headline_metrics`) and its three slowest cells."""
     rows = []
     for metrics_path in sorted(out_dir.glob(f"*/{METRICS_FILE}")):
+        if metrics_path.parent.name.startswith("."):  # a staging or old folder, not a report
+            continue
         metrics = json.loads(metrics_path.read_text())
         executed = metrics_path.parent / f"{metrics_path.parent.name}.ipynb"
         parameters = _notebook_parameters(executed) if executed.is_file() else set()
@@ -338,14 +341,6 @@ def export_html(notebook_path: Path) -> Path:
     return html_path
 
 
-def _replace_dir(staging: Path, final: Path) -> None:
-    """Swap ``staging`` into ``final`` with renames, removing the previous report only once the new one is in place."""
-    old = final.with_name(f".old-{final.name}")
-    shutil.rmtree(old, ignore_errors=True)
-    if final.exists():
-        os.rename(final, old)
-    os.rename(staging, final)
-    shutil.rmtree(old, ignore_errors=True)
 
 
 def run_notebook(notebook: Path, *, profile: str, seed: int, run_dir: Path, out_dir: Path,
@@ -358,9 +353,8 @@ def run_notebook(notebook: Path, *, profile: str, seed: int, run_dir: Path, out_
     missing = [p for p in CHAIN_PARAMETERS if p not in declared]
     if missing:
         raise ChainError(f"{notebook.name}: its 'parameters' cell must define {missing} (see tutorials/README)")
-    staging = out_dir / f".staging-{name}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir(parents=True)
+    # a new .<name>.staging-<pid>-<n> folder; those of killed runs (their process gone) are removed first
+    staging = staging_folder(out_dir / name, tag="staging")
     cwd = notebook.parent
     parameters = {"profile": profile, "seed": seed, "run_dir": parameter_path(run_dir, cwd),
                   "report_dir": parameter_path(staging, cwd)}
@@ -382,8 +376,11 @@ def run_notebook(notebook: Path, *, profile: str, seed: int, run_dir: Path, out_
         trace = re.sub(r"\x1b\[[0-9;]*m", "", trace)  # drop the ANSI colours of IPython tracebacks
         raise ChainError(f"{notebook.name} failed in cell {error.exec_count}: {error.ename}: {error.evalue}\n"
                          f"{trace}\nThe executed notebook is in {display_path(failed)}") from None
-    except BaseException:
+    except BaseException as error:
         shutil.rmtree(staging, ignore_errors=True)
+        if type(error).__name__ == "DeadKernelError":  # nbclient's: the kernel process was killed
+            raise ChainError(f"{notebook.name}: its kernel died (killed from outside, or out of memory: see "
+                             f"`dmesg | grep -i oom`); nothing of this run was kept") from None
         raise
     wall_s = round(time.perf_counter() - started, 2)
     metrics_path = staging / METRICS_FILE
@@ -401,8 +398,7 @@ def run_notebook(notebook: Path, *, profile: str, seed: int, run_dir: Path, out_
     for index, line in warning_outputs(executed):
         print(f"[alignkit] warning: {notebook.name} cell {index} shows a library warning: {line[:160]}", flush=True)
     export_html(executed)
-    final = out_dir / name
-    _replace_dir(staging, final)
+    final = publish_folder(staging, out_dir / name)  # the old report or the new one, never neither
     return NotebookResult(name=name, report_dir=final, wall_s=wall_s, metrics=metrics)
 
 
@@ -421,18 +417,43 @@ def run_chain(profile: str | None = None, *, only: list[str] | None = None, out_
         raise ValueError(f"no tutorials (NN_name.ipynb) found in '{tutorials}'")
     out = (Path(out_dir) if out_dir is not None else root / "reports" / profile).resolve()
     runs = (Path(run_dir) if run_dir is not None else root / "runs" / profile).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    runs.mkdir(parents=True, exist_ok=True)
+    check_writable(out, flag="--out")  # before any notebook runs, not after the first one
+    check_writable(runs, flag="--run-dir")
     results = []
-    for index, notebook in enumerate(notebooks, start=1):
-        print(f"[alignkit] ({index}/{len(notebooks)}) {notebook.stem}  profile={profile}", flush=True)
-        try:
-            result = run_notebook(notebook, profile=profile, seed=seed, run_dir=runs, out_dir=out,
-                                  progress_bar=progress_bar)
-        finally:
+    with _sigterm_as_interrupt():  # a SIGTERM unwinds like Ctrl-C: the staging folder is removed
+        for index, notebook in enumerate(notebooks, start=1):
+            print(f"[alignkit] ({index}/{len(notebooks)}) {notebook.stem}  profile={profile}", flush=True)
+            try:
+                result = run_notebook(notebook, profile=profile, seed=seed, run_dir=runs, out_dir=out,
+                                      progress_bar=progress_bar)
+            except BaseException:
+                with suppress(OSError):  # the notebook's error is the one to show, not a second one
+                    write_summary(out, profile)
+                raise
             write_summary(out, profile)
-        print(f"[alignkit] ({index}/{len(notebooks)}) {notebook.stem} done in {result.wall_s:.0f} s "
-              f"→ {display_path(result.report_dir)}", flush=True)
-        results.append(result)
+            print(f"[alignkit] ({index}/{len(notebooks)}) {notebook.stem} done in {result.wall_s:.0f} s "
+                  f"→ {display_path(result.report_dir)}", flush=True)
+            results.append(result)
     print(f"[alignkit] summary → {display_path(out / 'summary.md')}", flush=True)
     return results
+
+
+@contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """Within the block, SIGTERM raises KeyboardInterrupt (by default it ends the process at once, skipping every
+    clean-up); outside the main thread, where no handler can be set, nothing changes."""
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -10,6 +10,10 @@ def _generate(args: argparse.Namespace) -> int:
     from alignkit.generation import chat_generate
     from alignkit.models import load_model
 
+    if args.max_new_tokens < 1:
+        raise ValueError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not args.temperature > 0:
+        raise ValueError(f"--temperature must be > 0, got {args.temperature}")
     model, tokenizer = load_model(args.model, seed=args.seed)
     reply = chat_generate(model, tokenizer, [args.prompt], max_new_tokens=args.max_new_tokens,
                           do_sample=args.sample, temperature=args.temperature, seed=args.seed, system=args.system)
@@ -28,6 +32,8 @@ def _run(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="alignkit", description=__doc__)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: ALIGNKIT_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True)
 
     generate = commands.add_parser("generate", help="reply to one prompt through the model's chat template")
@@ -55,13 +61,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; the package's own errors, OSError (a path of the user's) and Ctrl-C end in one line on
+    stderr and exit 1 (130 for Ctrl-C), unless ``--debug`` or ``ALIGNKIT_DEBUG=1`` asks for the traceback."""
+    import os
+
     args = build_parser().parse_args(argv)
     from alignkit.chain import ChainError
     from alignkit.models import ModelNotFoundError
 
+    debug = args.debug or os.environ.get("ALIGNKIT_DEBUG", "") not in ("", "0")
     try:
         return args.func(args)
-    except (ChainError, ModelNotFoundError, FileNotFoundError, ValueError) as error:
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"alignkit {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ChainError, ModelNotFoundError, OSError, ValueError) as error:
+        if debug:
+            raise
         print(f"alignkit {args.command}: error: {error}", file=sys.stderr)
         return 1
 

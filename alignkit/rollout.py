@@ -96,6 +96,16 @@ def sampling_logprobs(logits: torch.Tensor, *, temperature: float = 1.0, top_p: 
     return torch.log_softmax(logprobs.masked_fill(drop, float("-inf")), dim=-1)
 
 
+def check_context(model: torch.nn.Module, prompt_tokens: int, max_new_tokens: int) -> None:
+    """A prompt of ``prompt_tokens`` and ``max_new_tokens`` more must fit the model's context
+    (``config.max_position_embeddings``, where the model states one): beyond it positions have no embedding."""
+    config = getattr(model, "config", None)
+    context = getattr(config, "max_position_embeddings", None)
+    if isinstance(context, int) and prompt_tokens + max_new_tokens > context:
+        raise ValueError(f"max_new_tokens={max_new_tokens} after a {prompt_tokens}-token prompt exceeds the model's "
+                         f"context of {context} tokens; use max_new_tokens <= {max(context - prompt_tokens, 0)}")
+
+
 @torch.no_grad()
 def rollout(model: torch.nn.Module, prompt_ids: list[list[int]], *, eos_token_id: int | list[int],
             pad_token_id: int, max_new_tokens: int, num_samples: int = 1, do_sample: bool = True,
@@ -117,6 +127,7 @@ def rollout(model: torch.nn.Module, prompt_ids: list[list[int]], *, eos_token_id
     if do_sample and generator is None:
         raise ValueError("do_sample=True needs generator=torch.Generator(...).manual_seed(seed): the rollout's "
                          "noise comes from a generator the caller owns")
+    check_context(model, max(map(len, prompt_ids), default=0), max_new_tokens)
     device = next(model.parameters()).device
     eos = torch.tensor([eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id), device=device)
     ids, mask = left_pad(prompt_ids, pad_token_id)

@@ -141,16 +141,25 @@ def best_worst_pairs(prompts: Sequence[dict], samples: Sequence[Sequence[str]], 
 
 def ranked_groups(prompts: Sequence[dict], samples: Sequence[Sequence[str]], *,
                   ended: Sequence[Sequence[bool]] | None = None,
-                  judge: Callable[[dict, str], float] = gold_reward) -> list[dict]:
+                  judge: Callable[[dict, str], float] = gold_reward, keep_ties: bool = False) -> list[dict]:
     """Ranked-group records for a reward model (:func:`alignkit.trainers.pairs.tokenize_groups`): each prompt's k
     samples with their ``judge`` scores, for every prompt whose samples do not all tie (InstructGPT ranks k replies
-    per prompt and trains on all their comparisons)."""
+    per prompt and trains on all their comparisons). ``keep_ties`` (the smoke profile's random model ties
+    everywhere) keeps an all-tied prompt as its first and last samples ranked in that order, as
+    :func:`best_worst_pairs` pairs them, with ``"tied": True`` on the record."""
     records = []
     for prompt, replies, flags, scores in _judged(prompts, samples, ended, judge):
-        if len(set(scores)) > 1:
-            records.append({"prompt": prompt["prompt"], "replies": list(replies), "scores": scores,
-                            "truncated": [not f for f in flags], "id": prompt["id"], "family": prompt["family"],
-                            "item": prompt["item"]})
+        if len(replies) < 2:
+            raise ValueError(f"prompt {prompt.get('id')!r} has {len(replies)} samples; a ranked group needs at least 2")
+        record = {"prompt": prompt["prompt"], "replies": list(replies), "scores": scores,
+                  "truncated": [not f for f in flags], "id": prompt["id"], "family": prompt["family"],
+                  "item": prompt["item"], "tied": False}
+        if len(set(scores)) == 1:
+            if not keep_ties:
+                continue
+            record.update(replies=[replies[0], replies[-1]], scores=[scores[0] + 1.0, scores[-1]],
+                          truncated=[not flags[0], not flags[-1]], tied=True)
+        records.append(record)
     return records
 
 

@@ -230,7 +230,7 @@ def model_shape(model) -> ModelShape:
 
 def worker_arguments(description: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=description)
-    parser.add_argument("--worker", choices=["alignkit", "trl"], help=argparse.SUPPRESS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # a side of the calling script (its SIDES)
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32", help=argparse.SUPPRESS)
     parser.add_argument("--seed", type=int, default=SEED, help="data and training seed")
     parser.add_argument("--repeats", type=int, default=2,

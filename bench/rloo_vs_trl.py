@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/rloo_vs_trl.py            # fp32 on both sides (+ bf16 where the CPU has it)
     .venv/bin/python bench/rloo_vs_trl.py --profile alignkit   # where alignkit's time goes (torch.profiler)
+    .venv/bin/python bench/rloo_vs_trl.py --ppo       # alignkit's PPO on the same iterations (no TRL peer run)
 
 Both sides: SmolLM2-135M-Instruct (fp32 weights), 32 task-world `train` prompts through the chat template,
 4 iterations of 8 prompts × k = 4 replies (one epoch over the prompts), at most 32 new tokens, temperature 1,
@@ -19,6 +20,12 @@ AdamW lr 1e-6 constant, clipping 1.0; a frozen reference model.
   ``per_device_train_batch_size=32`` = one generation batch per step, no checkpoint saving, no completion
   logging. Its generation path on CPU is ``model.generate``; it computes the old log-probs with an extra
   forward even at ``num_iterations=1`` (there is no setting to skip it).
+
+``--ppo`` runs alignkit's PPO (``algorithm="ppo"``) on the same prompts and sizes — 32 replies per iteration, one
+per prompt (32 prompts × 1 reply in each iteration), the critic a value head on its own
+copy of the trunk, every weight of both trained, GAE γ 1 λ 0.95, whitened advantages — and prints its iteration
+figures in the same format beside the RLOO numbers (its own section of ``bench/RESULTS.md``). TRL's PPOTrainer is
+not run: it needs a reward *model* (not a function) and has no CPU-friendly path the RLOO run could share.
 
 Timed: from just before the first rollout to the last optimizer step. Phases: generation (decoding), scoring
 (reward + reference + TRL's old-log-prob forward) and update (forward + backward + step). model FLOPs: the same
@@ -82,7 +89,7 @@ class Phases:
                 **common.run_record(start, step_ends, losses), "peak_rss_mib": common.peak_rss_mib()}
 
 
-def alignkit_side(seed: int, precision: str) -> dict:
+def alignkit_side(seed: int, precision: str, algorithm: str = "rloo") -> dict:
     import torch
     from alignkit.chat import chat_prompt_ids
     from alignkit.data import gold_reward
@@ -96,6 +103,14 @@ def alignkit_side(seed: int, precision: str) -> dict:
     reference.requires_grad_(False)
     prompt_ids = chat_prompt_ids(tokenizer, [p["prompt"] for p in items])
     phases = Phases()
+    policy = model
+    if algorithm == "ppo":
+        from alignkit.models.actor_critic import PolicyAndCritic
+        from alignkit.models.heads import load_head_model
+
+        from alignkit.models import resolve_model
+
+        model = PolicyAndCritic(policy, load_head_model(resolve_model(common.MODEL), seed=seed))
 
     def gold(batch):
         return torch.tensor([gold_reward(items[i], text) for i, text in zip(batch.prompt_index.tolist(),
@@ -110,8 +125,9 @@ def alignkit_side(seed: int, precision: str) -> dict:
     sample = phases.timed("generation", online.sample)
     online.sample = counted_sample
     online.make_experience = phases.timed("scoring", online.make_experience)
-    config = online.OnlineConfig(algorithm="rloo", iterations=ITERATIONS, prompts_per_chunk=PROMPTS_PER_ITERATION,
-                                 num_samples=K, max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, kl_coef=BETA,
+    per_chunk, samples = (PROMPTS_PER_ITERATION * K, 1) if algorithm == "ppo" else (PROMPTS_PER_ITERATION, K)
+    config = online.OnlineConfig(algorithm=algorithm, iterations=ITERATIONS, prompts_per_chunk=per_chunk,
+                                 num_samples=samples, max_new_tokens=MAX_NEW_TOKENS, temperature=1.0, kl_coef=BETA,
                                  kl_kind="k1", update_epochs=1, num_minibatches=1, missing_eos="keep")
     train = TrainConfig(lr=LR, max_grad_norm=1.0, weight_decay=0.0, schedule="constant", seed=seed,
                         mixed_precision="bf16" if precision == "bf16" else "no")
@@ -124,10 +140,17 @@ def alignkit_side(seed: int, precision: str) -> dict:
                                      on_iteration=lambda state, record: step_ends.append(time.perf_counter()))
     seconds = time.perf_counter() - start
     losses = [r["loss"] for r in result.iterations]
-    out = phases.record(seconds, model, losses, step_ends, start)
+    out = phases.record(seconds, policy, losses, step_ends, start)
+    if algorithm == "ppo":  # the critic's forwards and backwards are model FLOPs too: value 1 + update 3 per token
+        critic = 4 * common.model_shape(policy).forward_flops(out["real_tokens"], 0)
+        out.update(model_flops=out["model_flops"] + critic, update_flops=out["update_flops"] + critic)
     out["reward_mean"] = sum(r["score"] for r in result.iterations) / len(result.iterations)
     out["kl_last"] = result.iterations[-1]["kl"]
     return out
+
+
+def alignkit_ppo_side(seed: int, precision: str) -> dict:
+    return alignkit_side(seed, precision, algorithm="ppo")
 
 
 def trl_side(seed: int, precision: str) -> dict:
@@ -205,7 +228,8 @@ def trl_side(seed: int, precision: str) -> dict:
     return out
 
 
-SIDES = {"alignkit": alignkit_side, "trl": trl_side}
+SIDES = {"alignkit": alignkit_side, "trl": trl_side, "alignkit-ppo": alignkit_ppo_side}
+PPO_SECTION = "PPO iteration figures (bench/rloo_vs_trl.py --ppo)"
 
 
 def side_line(name: str, s: dict, peak: float) -> str:
@@ -269,9 +293,36 @@ def benchmark(args) -> None:
                                        f"```\n{report}\n```\n")
 
 
+def ppo_figures(args) -> None:
+    """alignkit's PPO on the RLOO benchmark's iterations, one run per precision, printed as the RLOO lines are."""
+    started = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    machine, peaks = common.describe_machine(), common.measure_peaks()
+    precision = common.recommended_precision(peaks)
+    lines = [f"{PPO_SECTION} — {started}",
+             f"task: PPO, {ITERATIONS} iterations × {PROMPTS_PER_ITERATION * K} prompts × 1 reply, ≤{MAX_NEW_TOKENS} "
+             f"new tokens, T=1, β={BETA} (k1 per token), critic on its own trunk (value head), GAE γ=1 λ=0.95, "
+             f"1 update epoch, AdamW lr {LR}, gold-judge reward; 1 run per precision, in a fresh process",
+             f"matmul peak: fp32 {peaks['fp32'] / 1e9:.1f} GFLOP/s, bf16 {peaks['bf16'] / 1e9:.2f} GFLOP/s"]
+    for run_precision in ["fp32"] + ([precision] if precision != "fp32" else []):
+        result = common.run_worker(Path(__file__).resolve(), "alignkit-ppo", run_precision, args.seed)
+        result.update(side="alignkit-ppo", precision=run_precision, repetition=0)
+        summary = common.summarize([result], "alignkit-ppo", run_precision)
+        lines += [f"[{run_precision}]", "  " + side_line("ppo", summary, peaks[run_precision])]
+    report = "\n".join(lines)
+    print("\n" + report)
+    if not args.no_results:
+        common.update_results(PPO_SECTION, f"Command: `.venv/bin/python bench/rloo_vs_trl.py --ppo`\n\n"
+                                           f"{common.machine_markdown(machine, peaks)}\n\n```\n{report}\n```\n")
+
+
 def main() -> None:
+    ppo = "--ppo" in sys.argv
+    if ppo:
+        sys.argv.remove("--ppo")
     args = common.worker_arguments(__doc__.splitlines()[0])
-    if args.worker:
+    if ppo:
+        ppo_figures(args)
+    elif args.worker:
         common.emit(SIDES[args.worker](args.seed, args.precision))
     elif args.profile:
         print(common.profile_call(lambda: print(SIDES[args.profile](args.seed, args.precision)["seconds"])))

@@ -69,7 +69,7 @@ def test_failing_notebook_stops_the_chain_and_keeps_earlier_reports(toy_tutorial
     assert json.loads((old_report / "metrics.json").read_text()) == {"old": 1}  # previous report intact
     assert not (tmp_path / "reports" / "02_after").exists()  # the chain stopped
     assert (tmp_path / "runs" / "01_use.failed.ipynb").is_file()
-    assert not list((tmp_path / "reports").glob(".staging-*"))
+    assert not [p.name for p in (tmp_path / "reports").iterdir() if p.name.startswith(".")]  # no staging left
 
 
 def test_only_selects_by_number_or_name_and_rejects_unknown(tmp_path):
@@ -181,7 +181,8 @@ def test_chain_passes_paths_relative_to_the_notebook_and_warns_on_long_outputs(t
     run_chain("smoke", out_dir=tmp_path / "reports" / "smoke", run_dir=tmp_path / "runs" / "smoke",
               tutorials_dir=folder, progress_bar=False)
     made = json.loads((tmp_path / "reports" / "smoke" / "00_make" / "metrics.json").read_text())
-    assert made["run_dir"] == "../runs/smoke" and made["report_dir"] == "../reports/smoke/.staging-00_make"
+    assert made["run_dir"] == "../runs/smoke"
+    assert re.fullmatch(r"\.\./reports/smoke/\.00_make\.staging-\d+-0", made["report_dir"])  # a staging folder
     used = json.loads((tmp_path / "reports" / "smoke" / "01_use" / "metrics.json").read_text())
     assert used["got"] == "../runs/smoke/00_make/thing" and used["batch"] == "1"
     assert used["found"] == str((tmp_path / "runs" / "smoke" / "00_make" / "thing").resolve())
@@ -204,3 +205,67 @@ def test_cli_generate_prints_a_reply(capsys, tiny_dir):
 def test_cli_reports_an_unknown_model_without_a_traceback(capsys):
     assert cli.main(["generate", "--model", "nobody/nothing", "--prompt", "hi"]) == 1
     assert "error: cannot resolve model 'nobody/nothing'" in capsys.readouterr().err
+
+
+def test_cli_checks_limits_and_turns_errors_into_one_line(capsys, tiny_dir, monkeypatch):
+    # the tiny model's context is 1024 positions: a billion new tokens is refused before decoding starts
+    assert cli.main(["generate", "--model", str(tiny_dir), "--prompt", "hi", "--max-new-tokens", "1000000000"]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "exceeds the model's context of 1024 tokens; use max_new_tokens <=" in err[0]
+    assert cli.main(["generate", "--model", "nobody/nothing", "--prompt", "hi", "--max-new-tokens", "0"]) == 1
+    assert "--max-new-tokens must be >= 1, got 0" in capsys.readouterr().err  # checked before the model resolves
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("alignkit.chain.run_chain", interrupted)
+    assert cli.main(["run", "--profile", "smoke"]) == 130
+    assert capsys.readouterr().err.strip() == "alignkit run: interrupted"
+    with pytest.raises(KeyboardInterrupt):
+        cli.main(["--debug", "run", "--profile", "smoke"])
+
+
+def test_sigterm_during_a_notebook_leaves_no_staging_folder_and_the_summary_lists_reports_only(toy_tutorials,
+                                                                                              tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    write_notebook(toy_tutorials / "01_use.ipynb", PARAMETERS + "thing_dir = None\n",
+                   START.format(name="01_use") + "import time\ntime.sleep(120)\nrun.finish()")
+    reports = tmp_path / "reports"
+    code = (f"import sys; from alignkit import cli; sys.exit(cli.main(['run', '--profile', 'smoke', '--out', "
+            f"'{reports}', '--run-dir', '{tmp_path / 'runs'}', '--tutorials', '{toy_tutorials}', '--no-progress']))")
+    process = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while time.time() < deadline and not list(reports.glob(".01_use.staging-*")):
+        time.sleep(0.5)
+    assert list(reports.glob(".01_use.staging-*")), "the second notebook never started"
+    time.sleep(3)  # inside its sleeping cell
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and err.strip().splitlines()[-1] == "alignkit run: interrupted"
+    assert sorted(p.name for p in reports.iterdir()) == ["00_make", "summary.md"]
+    # a staging folder of a killed run (its process gone) is never listed as a report
+    (reports / ".01_use.staging-999999-0").mkdir()
+    (reports / ".01_use.staging-999999-0" / "metrics.json").write_text('{"x": 1}')
+    summary = write_summary(reports, "smoke").read_text()
+    assert "| 00_make |" in summary and "staging" not in summary
+
+
+def test_run_with_an_out_that_is_a_file_fails_in_one_line(capsys, toy_tutorials, tmp_path):
+    target = tmp_path / "file"
+    target.write_text("x")
+    assert cli.main(["run", "--profile", "smoke", "--out", str(target), "--tutorials", str(toy_tutorials)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"alignkit run: error: --out '{target}' is a file, not a folder; pass a folder"]
+
+
+def test_a_kernel_killed_mid_notebook_is_one_clear_error(toy_tutorials, tmp_path):
+    write_notebook(toy_tutorials / "01_use.ipynb", PARAMETERS,
+                   START.format(name="01_use") + "import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+    with pytest.raises(ChainError, match="01_use.ipynb: its kernel died .*out of memory"):
+        run_chain("smoke", out_dir=tmp_path / "reports", run_dir=tmp_path / "runs", tutorials_dir=toy_tutorials,
+                  progress_bar=False)
+    assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["00_make", "summary.md"]

@@ -257,8 +257,11 @@ def _run_launch_worker(args: argparse.Namespace) -> None:
     data = pathlib.Path(args.run_dir) / "sft.jsonl"
     data.parent.mkdir(parents=True, exist_ok=True)
     data.write_text("".join(json.dumps(record) + "\n" for record in RECORDS))
-    launch.main(["sft", "--model", args.model, "--data", str(data), "--output-dir", args.run_dir, "--batch-size", "2",
-                 "--max-steps", str(args.max_steps), "--checkpoint-every", str(args.max_steps), "--lr", "3e-3"])
+    status = launch.main(["sft", "--model", args.model, "--data", str(data), "--output-dir", args.run_dir,
+                          "--batch-size", "2", "--max-steps", str(args.max_steps), "--checkpoint-every",
+                          str(args.max_steps), "--lr", "3e-3"])
+    if status:
+        raise SystemExit(status)
 
 
 @needs_deepspeed

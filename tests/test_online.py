@@ -219,6 +219,33 @@ def test_checkpoint_holds_policy_and_a_loadable_critic(tiny_dir, tmp_path):
     assert (folder / "policy" / "model.safetensors").is_file()
 
 
+def test_a_lora_critic_trains_its_adapter_and_head_and_reloads_from_a_checkpoint(tiny_dir, tmp_path):
+    from alignkit.models.heads import head_at_columns, score_head
+    from alignkit.models.lora import apply_lora
+    from alignkit.trainers.engine import load_weights
+
+    policy, tokenizer = load_model(str(tiny_dir))
+    critic = apply_lora(load_head_model(str(tiny_dir), seed=1), 4, 8, 0.0)
+    head_before = score_head(critic).modules_to_save["default"].weight.detach().clone()
+    trunk_before = {n: p.detach().clone() for n, p in critic.named_parameters() if not p.requires_grad}
+    trainable = {n for n, p in critic.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n or "score" in n for n in trainable)
+    model = PolicyAndCritic(apply_lora(policy, 4, 8, 0.0), critic)
+    online = OnlineConfig(algorithm="ppo", iterations=2, prompts_per_chunk=4, max_new_tokens=4, missing_eos="keep")
+    train_online(model, _prompts(tokenizer, 4), scorer=upper_half, tokenizer=tokenizer, online=online,
+                 config=TrainConfig(lr=1e-2), output_dir=tmp_path)
+    assert not torch.equal(score_head(critic).modules_to_save["default"].weight, head_before)  # the head learned
+    assert all(torch.equal(p, trunk_before[n]) for n, p in critic.named_parameters() if not p.requires_grad)
+    fresh = apply_lora(load_head_model(str(tiny_dir), seed=2), 4, 8, 0.0)
+    folder = tmp_path / "checkpoints" / "step-2" / "model" / "critic"
+    load_weights(fresh, folder, checkpoint=folder)
+    ids = torch.tensor([[5, 6, 7, 8, 9]])
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "position_ids": torch.arange(5)[None]}
+    with torch.no_grad():
+        assert torch.allclose(head_at_columns(fresh, inputs, torch.arange(4)),
+                              head_at_columns(critic, inputs, torch.arange(4)), atol=1e-6)
+
+
 def run_script(*args: str, launcher: list[str] | None = None, check: bool = True) -> subprocess.CompletedProcess:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
     command = (launcher or [sys.executable]) + [str(SCRIPT), *args]

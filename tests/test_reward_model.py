@@ -155,3 +155,21 @@ def test_the_smoke_stand_in_reward_model_loads_like_a_trained_one(tiny_dir, tmp_
     assert (normaliser.mean, normaliser.std) == (0.0, 1.0)
     assert torch.equal(model.score.weight, load_head_model(tiny_dir, seed=2).score.weight)
     assert stand_in_reward_model(tiny_dir, folder, seed=5) == folder  # an existing one is reused
+
+
+def test_scoring_groups_with_a_shared_prompt_equals_scoring_each_reply_alone(tiny_dir, tokenizer):
+    from alignkit.trainers.reward import score_groups
+
+    model = load_head_model(tiny_dir, seed=4)
+    prompts = ["How is tea?", "How is the park today?", "How is lunch?"]
+    replies = [["It is great.", "Sad."], ["Lovely!", "It is broken, sadly.", "Dull.", "Fine."], ["Superb."]]
+    ended = [[True, False], [True, True, False, True], [False]]
+    alone = [[score_replies(model, tokenizer, [p], [r], ended=[e], batch_size=1)[0] for r, e in zip(group, flags)]
+             for p, group, flags in zip(prompts, replies, ended)]
+    for batch_size in (1, 3, 64):  # one prompt per row, rows split between prompts, everything in one row
+        scores = score_groups(model, tokenizer, prompts, replies, ended=ended, batch_size=batch_size)
+        assert [len(s) for s in scores] == [2, 4, 1]
+        for got, want in zip(scores, alone):
+            assert got == pytest.approx(want, abs=1e-5)
+    with pytest.raises(ValueError, match="one flag per reply"):
+        score_groups(model, tokenizer, prompts, replies, ended=[[True]] * 3)

@@ -101,3 +101,6 @@ def test_ranked_groups_keep_prompts_whose_samples_differ():
     records = tasks.ranked_groups(prompts, samples, ended=[[True, False, True], [True, True]])
     assert len(records) == 1 and records[0]["replies"] == samples[0]
     assert records[0]["scores"] == [1.0, -1.0, 1.0] and records[0]["truncated"] == [False, True, False]
+    kept = tasks.ranked_groups(prompts, samples, keep_ties=True)  # smoke: an all-tied prompt, first over last
+    assert len(kept) == 2 and kept[1]["tied"] and kept[1]["replies"] == ["Sure.", "Okay, here."]
+    assert kept[1]["scores"][0] > kept[1]["scores"][1] and not kept[0]["tied"]

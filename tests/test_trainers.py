@@ -254,5 +254,40 @@ def test_launch_cli_trains_and_saves_a_loadable_model(tmp_path, tiny_dir):
                         "--lr", "1e-3", "--max-steps", "2", "--batch-size", "4"]) == 0
     model, _ = models.load_model(str(tmp_path / "out" / "final"))
     assert (tmp_path / "out" / "checkpoints" / "step-2").is_dir()
-    with pytest.raises(FileNotFoundError, match="--data 'nowhere.jsonl' does not exist"):
-        launch.main(["sft", "--model", str(tiny_dir), "--data", "nowhere.jsonl", "--output-dir", str(tmp_path)])
+    with pytest.raises(ValueError, match="--data 'nowhere.jsonl' does not exist"):
+        launch.main(["sft", "--model", str(tiny_dir), "--data", "nowhere.jsonl", "--output-dir", str(tmp_path),
+                     "--debug"])
+
+
+def test_a_corrupt_newest_checkpoint_is_named_and_the_older_one_resumes_exactly(tmp_path, tiny_dir):
+    import shutil
+
+    init = str(tiny_dir)
+    run_script(str(tmp_path / "straight"), "sft", "2", "8", "--init", init)
+    straight = [h["loss"] for h in history(tmp_path / "straight")["history"]]
+    killed = run_script(str(tmp_path / "killed"), "sft", "2", "8", "--init", init, "--checkpoint-every", "2",
+                        "--kill-at", "7", check=False)
+    assert killed.returncode == -9
+    root = tmp_path / "killed" / "run" / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == ["step-4", "step-6"]
+    corruptions = {"truncated weights": ("model/model.safetensors", lambda b: b[:len(b) // 2]),
+                   "empty optimizer state": ("optimizer.pt", lambda b: b""),
+                   "broken state.json": ("state.json", lambda b: b[:-5])}
+    for name, (file, corrupt) in corruptions.items():
+        case = tmp_path / name.replace(" ", "-")
+        shutil.copytree(tmp_path / "killed", case)
+        target = case / "run" / "checkpoints" / "step-6" / file
+        target.write_bytes(corrupt(target.read_bytes()))
+        resumed = run_script(str(case), "sft", "2", "8", "--init", init, "--checkpoint-every", "2")
+        log = resumed.stdout + resumed.stderr
+        assert f"checkpoint {case / 'run' / 'checkpoints' / 'step-6'} could not be loaded" in log, name
+        assert "resumed from" in log and "step-4" in log and "(step 4/8)" in log, name
+        assert [h["loss"] for h in history(case)["history"]] == pytest.approx(straight, rel=1e-6), name
+    # every checkpoint corrupt: an error that names them, not a silent fresh start
+    case = tmp_path / "all-corrupt"
+    shutil.copytree(tmp_path / "killed", case)
+    for step in ("step-4", "step-6"):
+        (case / "run" / "checkpoints" / step / "state.json").write_bytes(b"")
+    failed = run_script(str(case), "sft", "2", "8", "--init", init, "--checkpoint-every", "2", check=False)
+    assert failed.returncode != 0
+    assert "could be loaded: step-6 (JSONDecodeError" in failed.stderr and "step-4 (" in failed.stderr

@@ -99,6 +99,9 @@ def validate_sft(record: Any, *, index: int | None = None) -> dict:
     if "messages" not in record:
         raise _fail(index, f"field 'messages' is missing; {_SFT_NEEDS}")
     _check_messages(record["messages"], "messages", index, last_role="assistant")
+    if not record["messages"][-1]["content"].strip():
+        raise _fail(index, f"the assistant reply (field 'messages[{len(record['messages']) - 1}]') is empty: there is "
+                           f"nothing to learn but the end-of-turn token; drop the record or give the reply")
     _check_flag(record, "truncated", index)
     return record
 

@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,15 +82,19 @@ def _atomic_build(out_dir: Path, build) -> Path:
     """Run ``build(tmp_dir)`` in a temporary sibling folder, then rename it to ``out_dir``.
 
     A rename within one file system is atomic, so an interrupted build never leaves a half-written folder
-    at ``out_dir`` that a later call would load; the temporary folder is removed on failure.
+    at ``out_dir`` that a later call would load; the temporary folder is removed on failure, and one that a
+    killed process left behind is removed by the next build.
     """
+    from alignkit.durable import fsync_tree, staging_folder
+
     if out_dir.is_dir():
         return out_dir
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    # a killed build (SIGKILL skips the `finally` below) left its folder: staging_folder removes it
+    tmp_dir = staging_folder(out_dir)
     try:
         build(tmp_dir)
-        os.chmod(tmp_dir, 0o755)  # mkdtemp creates 0700; the cache may be shared
+        os.chmod(tmp_dir, 0o755)  # the cache may be shared
+        fsync_tree(tmp_dir)
         try:
             os.rename(tmp_dir, out_dir)
         except OSError:  # another process finished first: keep its folder

@@ -24,10 +24,13 @@ from alignkit.rollout import reply_inputs
 from alignkit.trainers.packing import PackedBatch, on_model
 
 
-def score_head(model: torch.nn.Module) -> torch.nn.Linear:
-    """The head's linear layer (``model.score``), through a peft wrapper if there is one."""
+def score_head(model: torch.nn.Module) -> torch.nn.Module:
+    """The head's linear layer (``model.score``), through a peft wrapper if there is one (a LoRA head model's
+    ``score`` is peft's trainable copy of it, called like the layer)."""
     base = model.get_base_model() if hasattr(model, "get_base_model") else model
     head = getattr(base, "score", None)
+    if hasattr(head, "modules_to_save"):  # peft's ModulesToSaveWrapper: forward goes to the active copy
+        return head
     if not isinstance(head, torch.nn.Linear):
         raise TypeError(f"{type(base).__name__} has no linear `score` head: load it with "
                         f"alignkit.models.heads.load_head_model")

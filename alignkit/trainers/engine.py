@@ -50,6 +50,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
+from alignkit.durable import publish_folder
 from alignkit.progress import progress
 
 SCHEDULES = ("constant", "linear", "cosine")
@@ -156,10 +157,16 @@ def _set_rng_state(state: dict[str, Any]) -> None:
     torch.random.set_rng_state(state["torch"])
 
 
-def latest_checkpoint(output_dir: str | Path) -> Path | None:
-    """The newest complete checkpoint ``output_dir/checkpoints/step-N`` (only complete ones exist)."""
+def checkpoints(output_dir: str | Path) -> list[Path]:
+    """The checkpoints ``output_dir/checkpoints/step-N``, oldest first (temporary ``.tmp-*`` folders excluded)."""
     root = Path(output_dir) / "checkpoints"
-    found = sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1])) if root.is_dir() else []
+    found = [p for p in root.glob("step-*") if p.is_dir() and p.name.split("-")[1].isdigit()] if root.is_dir() else []
+    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+
+
+def latest_checkpoint(output_dir: str | Path) -> Path | None:
+    """The newest checkpoint ``output_dir/checkpoints/step-N`` (published whole, by a rename)."""
+    found = checkpoints(output_dir)
     return found[-1] if found else None
 
 
@@ -179,20 +186,29 @@ def save_model(model: torch.nn.Module, folder: Path) -> None:
     model.save_pretrained(folder, safe_serialization=True)
 
 
-def load_weights(model: torch.nn.Module, folder: Path, *, checkpoint: Path) -> None:
-    """Load what :func:`save_model` wrote in ``folder`` into ``model`` (in place)."""
+def read_weights(model: torch.nn.Module, folder: Path) -> dict[str, Any]:
+    """Read what :func:`save_model` wrote in ``folder`` for ``model``, without touching the model (so a corrupt
+    file fails before anything is half-loaded): ``{part: weights}`` for a model made of parts."""
     from safetensors.torch import load_file
 
     if (parts := model_parts(model)) is not None:
+        return {name: read_weights(part, folder / name) for name, part in parts.items()}
+    return load_file(folder / ("adapter_model.safetensors" if hasattr(model, "peft_config") else "model.safetensors"))
+
+
+def load_weights(model: torch.nn.Module, folder: Path, *, checkpoint: Path,
+                 weights: dict[str, Any] | None = None) -> None:
+    """Load what :func:`save_model` wrote in ``folder`` (or the already ``weights`` read from it) into ``model``."""
+    weights = read_weights(model, folder) if weights is None else weights
+    if (parts := model_parts(model)) is not None:
         for name, part in parts.items():
-            load_weights(part, folder / name, checkpoint=checkpoint)
+            load_weights(part, folder / name, checkpoint=checkpoint, weights=weights[name])
         return
     if hasattr(model, "peft_config"):
         from peft import set_peft_model_state_dict
 
-        set_peft_model_state_dict(model, load_file(folder / "adapter_model.safetensors"))
+        set_peft_model_state_dict(model, weights)
         return
-    weights = load_file(folder / "model.safetensors")
     missing, unexpected = model.load_state_dict(weights, strict=False)
     tied = {"lm_head.weight"} if getattr(model.config, "tie_word_embeddings", False) else set()
     if set(missing) - tied or unexpected:
@@ -287,9 +303,8 @@ def _save_checkpoint(accelerator: Accelerator, model, optimizer, scheduler, stat
     torch.save(_rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
-        os.rename(tmp, final)  # atomic: a checkpoint is either complete or absent
-        old = sorted(root.glob("step-*"), key=lambda p: int(p.name.split("-")[1]))[:-keep]
-        for folder in old:
+        publish_folder(tmp, final)  # fsync'd, then renamed: a checkpoint is either complete or absent
+        for folder in checkpoints(output_dir)[:-keep]:
             shutil.rmtree(folder, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
@@ -311,11 +326,40 @@ def _load_checkpoint(accelerator: Accelerator, model, optimizer, scheduler, fold
             raise RuntimeError(f"checkpoint {folder} was written under DeepSpeed (its optimizer state is sharded in "
                                f"{DEEPSPEED_TAG}/): resume it under DeepSpeed with the same number of processes, "
                                f"or start a new run from its model/ weights")
-        load_weights(unwrapped, folder / "model", checkpoint=folder)
-        optimizer.load_state_dict(torch.load(folder / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(folder / "scheduler.pt", weights_only=False))
-    _set_rng_state(torch.load(folder / f"rng-{accelerator.process_index}.pt", weights_only=False))
-    return TrainState(**json.loads((folder / "state.json").read_text()))
+        # read every file first: a corrupt one fails here, before the model or optimizer is half-loaded
+        weights = read_weights(unwrapped, folder / "model")
+        optimizer_state = torch.load(folder / "optimizer.pt", weights_only=False)
+    scheduler_state = torch.load(folder / "scheduler.pt", weights_only=False)
+    rng = torch.load(folder / f"rng-{accelerator.process_index}.pt", weights_only=False)
+    state = TrainState(**json.loads((folder / "state.json").read_text()))
+    if not _uses_deepspeed(accelerator):
+        load_weights(unwrapped, folder / "model", checkpoint=folder, weights=weights)
+        optimizer.load_state_dict(optimizer_state)
+    scheduler.load_state_dict(scheduler_state)
+    _set_rng_state(rng)
+    return state
+
+
+def resume_checkpoint(accelerator: Accelerator, model, optimizer, scheduler, output_dir: Path
+                      ) -> tuple[TrainState, Path] | None:
+    """Load the newest checkpoint of ``output_dir`` that loads; one that fails (truncated, empty files) is
+    reported by path and the next older one is tried. None when there is none; an error when none loads."""
+    failures = []
+    for folder in checkpoints(output_dir)[::-1]:
+        try:
+            state = _load_checkpoint(accelerator, model, optimizer, scheduler, folder)
+        except Exception as error:  # noqa: BLE001 - any unreadable file: safetensors, torch.load, JSON, a missing one
+            reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"[:400]
+            accelerator.print(f"[alignkit] checkpoint {folder} could not be loaded ({reason}); trying an older one")
+            failures.append(f"{folder.name} ({reason})")
+            continue
+        if failures:
+            accelerator.print(f"[alignkit] using {folder}, the newest checkpoint that loads")
+        return state, folder
+    if failures:
+        raise RuntimeError(f"no checkpoint in {Path(output_dir) / 'checkpoints'} could be loaded: "
+                           f"{'; '.join(failures)}; remove the folder (or pass --overwrite) to start afresh")
+    return None
 
 
 
@@ -356,8 +400,14 @@ class Engine:
         # under DeepSpeed, self.model is the DeepSpeedEngine
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.state = TrainState()
-        if self.output_dir is not None and resume and (checkpoint := latest_checkpoint(self.output_dir)) is not None:
-            self.state = _load_checkpoint(self.accelerator, self.model, self.optimizer, self.scheduler, checkpoint)
+        if self.output_dir is not None and self.accelerator.is_main_process:
+            # the temporary folders of saves a kill interrupted: never complete, never resumed from
+            for stale in (self.output_dir / "checkpoints").glob(".*"):  # .tmp-step-N, .step-N.old-*
+                shutil.rmtree(stale, ignore_errors=True) if stale.is_dir() else stale.unlink(missing_ok=True)
+        self.accelerator.wait_for_everyone()
+        if self.output_dir is not None and resume and (found := resume_checkpoint(
+                self.accelerator, self.model, self.optimizer, self.scheduler, self.output_dir)) is not None:
+            self.state, checkpoint = found
             self.accelerator.print(f"[alignkit] resumed from {checkpoint} (step {self.state.step}/{total_steps})")
 
     @property

@@ -5,25 +5,71 @@
 
 ``--data`` is a JSON-lines file of records in alignkit's schemas (SFT: ``messages``; DPO: ``prompt``,
 ``chosen``, ``rejected``). Every process runs this same command; the shared loop shards the data across
-processes, and a re-run with the same ``--output-dir`` resumes from the newest checkpoint. The final model
-is written to ``<output-dir>/final`` by the main process (under DeepSpeed ZeRO-3 the shards are gathered first).
+processes, and a re-run of the same command resumes from the newest checkpoint. The output folder records what
+made the run (``run.json``: the settings and a hash of the data, :mod:`alignkit.trainers.output_dir`): a re-run
+with other settings or data is refused, unless ``--overwrite`` replaces the old run. Flags, data and the output
+folder are checked before any model loads; a mistake ends in one line on stderr and exit status 1 (``--debug``
+shows the traceback). The final model is written to ``<output-dir>/final`` by the main process (under DeepSpeed
+ZeRO-3 the shards are gathered first).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import math
 import os
+import sys
 from pathlib import Path
 
 import torch
 
 
-def _read_jsonl(path: str) -> list[dict]:
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"--data '{path}' does not exist; pass a JSON-lines file of records")
-    return [json.loads(line) for line in file.read_text().splitlines() if line.strip()]
+def check_arguments(args: argparse.Namespace) -> None:
+    """Every flag's value, before anything loads: one message naming the flag and what it takes."""
+    positive = {"--lr": args.lr, "--beta": args.beta}
+    for flag, value in positive.items():
+        if not math.isfinite(value) or value <= 0:
+            raise ValueError(f"{flag} must be a finite number > 0, got {value}")
+    at_least = {"--num-epochs": (args.num_epochs, 1), "--batch-size": (args.batch_size, 1),
+                "--grad-accum": (args.grad_accum, 1), "--max-length": (args.max_length, 2),
+                "--max-steps": (args.max_steps, 0), "--checkpoint-every": (args.checkpoint_every, 0),
+                "--lora-r": (args.lora_r, 0)}
+    for flag, (value, low) in at_least.items():
+        if value < low:
+            raise ValueError(f"{flag} must be >= {low}, got {value}")
+
+
+def check_context(args: argparse.Namespace) -> None:
+    """``--max-length`` within the context of ``--model`` (and ``--reference``), read from their configs before
+    any weights load."""
+    from transformers import AutoConfig
+
+    from alignkit.models import resolve_model
+
+    for flag, name in (("--model", args.model), ("--reference", args.reference)):
+        if name is None:
+            continue
+        context = getattr(AutoConfig.from_pretrained(resolve_model(name)), "max_position_embeddings", None)
+        if isinstance(context, int) and args.max_length > context:
+            raise ValueError(f"--max-length {args.max_length} exceeds the context of {flag} {name} ({context} "
+                             f"tokens); use --max-length <= {context}")
+
+
+IDENTITY_FLAGS = ("lr", "num_epochs", "max_steps", "batch_size", "grad_accum", "max_length", "mixed_precision",
+                  "lora_r", "beta", "loss_type", "seed")
+"""The flags that change what a run trains (``--checkpoint-every``, ``--debug``, ``--overwrite`` do not)."""
+
+
+def run_identity(args: argparse.Namespace) -> dict:
+    """What made this run, as recorded in its output folder: a re-run with another identity is not a resume."""
+    from alignkit.trainers.output_dir import file_sha256
+
+    def model_id(name: str | None) -> str | None:
+        return str(Path(name).resolve()) if name is not None and Path(name).exists() else name
+
+    return {"command": args.algorithm, "model": model_id(args.model), "reference": model_id(args.reference),
+            "data_sha256": file_sha256(args.data), "processes": int(os.environ.get("WORLD_SIZE", "1")),
+            **{flag: getattr(args, flag) for flag in IDENTITY_FLAGS}}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,10 +92,35 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--loss-type", default="sigmoid")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace a run of other settings in --output-dir (default: refuse; same settings resume)")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also: ALIGNKIT_DEBUG=1)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the command; the package's own errors, OSError and Ctrl-C end in one line on stderr and exit 1 (130
+    for Ctrl-C) unless ``--debug`` or ``ALIGNKIT_DEBUG=1`` asks for the traceback."""
+    from alignkit.models import ModelNotFoundError
+
+    args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("ALIGNKIT_DEBUG", "") not in ("", "0")
+    try:
+        return _train(args)
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print(f"python -m alignkit.trainers.launch {args.algorithm}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, OSError, ModelNotFoundError) as error:
+        if debug:
+            raise
+        print(f"python -m alignkit.trainers.launch {args.algorithm}: error: {error}", file=sys.stderr)
+        return 1
+
+
+def _train(args: argparse.Namespace) -> int:
     from accelerate import Accelerator
     from accelerate.utils import DistributedType
 
@@ -59,8 +130,14 @@ def main(argv: list[str] | None = None) -> int:
     from alignkit.models.lora import apply_lora
     from alignkit.trainers.sft import SFTConfig, run_sft, save_final
 
-    args = build_parser().parse_args(argv)
-    records = _read_jsonl(args.data)
+    from alignkit.data.jsonl import read_jsonl
+    from alignkit.trainers.output_dir import prepare_output_dir
+
+    check_arguments(args)
+    records = read_jsonl(args.data, kind="sft" if args.algorithm == "sft" else "preference")
+    check_context(args)
+    prepare_output_dir(args.output_dir, run_identity(args), overwrite=args.overwrite,
+                       main_process=int(os.environ.get("RANK", "0")) == 0)
     config = TrainConfig(lr=args.lr, num_epochs=args.num_epochs, max_steps=args.max_steps, batch_size=args.batch_size,
                          grad_accum=args.grad_accum, mixed_precision=args.mixed_precision, seed=args.seed,
                          checkpoint_every=args.checkpoint_every)

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,10 +169,9 @@ def score_pairs(model: torch.nn.Module, examples: Sequence[PairExample], *, batc
     return chosen, rejected
 
 
-@torch.no_grad()
 def score_replies(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
                   replies: Sequence[str], *, ended: Sequence[bool] | None = None, max_length: int = 256,
-                  batch_size: int = 16) -> list[float]:
+                  batch_size: int = 8) -> list[float]:
     """r(x, y) for each prompt and reply text. A reply ends with the end-of-turn token, as in training, unless
     ``ended[i]`` is False (it was cut at a token limit: scored at its last token, as a rollout's reply is)."""
     if len(prompts) != len(replies):
@@ -181,21 +179,54 @@ def score_replies(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, pr
     ended = [True] * len(prompts) if ended is None else list(ended)
     if len(ended) != len(prompts):
         raise ValueError(f"ended has {len(ended)} flags for {len(prompts)} replies; pass one per reply")
+    scores = score_groups(model, tokenizer, prompts, [[r] for r in replies], ended=[[e] for e in ended],
+                          max_length=max_length, batch_size=batch_size)
+    return [group[0] for group in scores]
+
+
+@torch.no_grad()
+def score_groups(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str],
+                 replies: Sequence[Sequence[str]], *, ended: Sequence[Sequence[bool]] | None = None,
+                 max_length: int = 256, batch_size: int = 8) -> list[list[float]]:
+    """r(x, y) for every reply of every prompt, ``[[score per reply] per prompt]``: a prompt is encoded once for all
+    its replies (one packed item whose branches are the replies, each attending to the prompt and to itself, so
+    every score equals the one the reply gets alone). A packed row holds whole prompts until it has at least
+    ``batch_size`` replies: the row's attention mask is dense, so its cost grows with the square of its length.
+    ``ended`` as in :func:`score_replies`, one list of flags per prompt."""
+    if len(prompts) != len(replies):
+        raise ValueError(f"got {len(prompts)} prompts and {len(replies)} reply lists; pass one list per prompt")
+    ended = [[True] * len(r) for r in replies] if ended is None else [list(flags) for flags in ended]
+    if [len(f) for f in ended] != [len(r) for r in replies]:
+        raise ValueError("ended must hold one flag per reply, one list per prompt, shaped as replies")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     items = []
-    for index, (prompt, reply, done) in enumerate(zip(prompts, replies, ended)):
-        example = tokenize_turn(tokenizer, prompt, reply, max_length, ended=done)
-        if example is None:
+    for index, (prompt, group, flags) in enumerate(zip(prompts, replies, ended)):
+        if not group:
+            raise ValueError(f"prompt {index} has no replies to score")
+        turns = [tokenize_turn(tokenizer, prompt, reply, max_length, ended=done) for reply, done in zip(group, flags)]
+        if any(t is None for t in turns):
             raise ValueError(f"prompt {index} alone is longer than max_length={max_length} tokens")
-        items.append((example.prompt_ids, [example.response_ids]))
+        items.append((turns[0].prompt_ids, [t.response_ids for t in turns]))
     was_training = model.training
     model.eval()
-    scores = []
+    flat: list[float] = []
     try:
-        for start in range(0, len(items), batch_size):
-            packed = pack(items[start:start + batch_size])
-            scores += packed_head_outputs(model, packed, last_positions(packed))[:, 0].tolist()
+        start = 0
+        while start < len(items):
+            stop, count = start, 0
+            while stop < len(items) and count < batch_size:
+                count += len(items[stop][1])
+                stop += 1
+            packed = pack(items[start:stop])
+            flat += packed_head_outputs(model, packed, last_positions(packed))[:, 0].tolist()
+            start = stop
     finally:
         model.train(was_training)
+    scores, offset = [], 0
+    for group in replies:
+        scores.append(flat[offset:offset + len(group)])
+        offset += len(group)
     return scores
 
 
@@ -230,18 +261,18 @@ def save_reward_model(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase
     """The head model as a Hugging Face folder (``AutoModelForSequenceClassification`` loads it), its tokenizer,
     and the normaliser beside them (``score_normalizer.json``); written to a temporary sibling and renamed, so
     an interrupted save leaves no folder that looks complete. An existing folder is replaced."""
+    from alignkit.durable import publish_folder, staging_folder
+
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = folder.with_name(f".{folder.name}.tmp")
-    if staging.exists():
-        shutil.rmtree(staging)
-    model.save_pretrained(staging, safe_serialization=True)
-    tokenizer.save_pretrained(staging)
-    (staging / NORMALIZER_FILE).write_text(json.dumps({"mean": normalizer.mean, "std": normalizer.std}))
-    if folder.exists():
-        shutil.rmtree(folder)
-    os.rename(staging, folder)
-    return folder
+    staging = staging_folder(folder)
+    try:
+        model.save_pretrained(staging, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        (staging / NORMALIZER_FILE).write_text(json.dumps({"mean": normalizer.mean, "std": normalizer.std}))
+        return publish_folder(staging, folder)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def stand_in_reward_model(base_dir: str | Path, folder: str | Path, *, seed: int = 0) -> Path:

@@ -12,6 +12,7 @@ examples, the LM head only on response tokens.
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -80,16 +81,24 @@ def sft_step(model: torch.nn.Module, batch: PackedBatch) -> StepOutput:
 
 def save_final(model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, folder: str | Path, *,
                state_dict: dict[str, torch.Tensor] | None = None) -> Path:
-    """Save a plain Hugging Face folder (LoRA merged into the weights) that later notebooks load by path.
+    """Save a plain Hugging Face folder (LoRA merged into the weights) that later notebooks load by path: written
+    to a temporary sibling, fsync'd and renamed into place (an older folder is replaced).
 
     ``state_dict``: the weights to write instead of the module's own (gathered ZeRO-3 shards).
     """
+    from alignkit.durable import publish_folder, staging_folder
+
     folder = Path(folder)
     if hasattr(model, "merge_and_unload"):
         model = model.merge_and_unload()
-    model.save_pretrained(folder, state_dict=state_dict, safe_serialization=True)
-    tokenizer.save_pretrained(folder)
-    return folder
+    staging = staging_folder(folder)  # a kill mid-write leaves no folder that looks like a model
+    try:
+        model.save_pretrained(staging, state_dict=state_dict, safe_serialization=True)
+        tokenizer.save_pretrained(staging)
+        return publish_folder(staging, folder)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
 
 
 def run_sft(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, records: Sequence[dict], *,

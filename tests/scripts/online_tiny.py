@@ -65,5 +65,6 @@ result = train_online(model, prompts, scorer=upper_half, tokenizer=tokenizer, on
 rank = int(os.environ.get("RANK", "0"))
 with open(os.path.join(args.out, f"iterations-rank{rank}.json"), "w") as f:
     json.dump({"world_size": PartialState().num_processes, "iterations": result.iterations,
-               "history": result.state.history}, f)
+               "history": result.state.history,
+               "weights": [float(p.detach().double().sum()) for p in model.parameters()]}, f)
 sys.exit(0)

@@ -53,7 +53,7 @@ def on_step(state, record):
 
 output_dir = os.path.join(args.out, "run")
 if args.algorithm == "sft":
-    _, result = run_sft(model, tokenizer, records, sft=SFTConfig(max_length=64), config=config,
+    model, result = run_sft(model, tokenizer, records, sft=SFTConfig(max_length=64), config=config,
                         output_dir=output_dir, resume=not args.no_resume, on_step=on_step)
 else:
     pairs = [{"prompt": r["messages"][0]["content"], "chosen": r["messages"][1]["content"],
@@ -64,5 +64,6 @@ else:
                      resume=not args.no_resume, on_step=on_step)
 rank = int(os.environ.get("RANK", "0"))
 with open(os.path.join(args.out, f"history-rank{rank}.json"), "w") as f:
-    json.dump({"world_size": PartialState().num_processes, "history": result.history}, f)
+    json.dump({"world_size": PartialState().num_processes, "history": result.history,
+               "weights": [float(p.detach().double().sum()) for p in model.parameters()]}, f)
 sys.exit(0)
