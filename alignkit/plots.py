@@ -45,16 +45,20 @@ def perplexity_comparison(labels: list[str], original: list[float], shuffled: li
 
 
 def training_curves(histories: dict[str, list[dict]], keys: list[str], *, title: str = "Training") -> Figure:
-    """One panel per metric key, one line per run: the per-step values the shared loop logged."""
-    figure, axes = plt.subplots(1, len(keys), figsize=(4.2 * len(keys), 3.2), squeeze=False)
-    for axis, key in zip(axes[0], keys):
+    """One panel per metric key (at most four to a row), one line per run: the per-step values the loop logged."""
+    columns = min(len(keys), 4)
+    rows = -(-len(keys) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    for axis in axes.flat[len(keys):]:
+        axis.set_visible(False)
+    for axis, key in zip(axes.flat, keys):
         for label, history in histories.items():
             axis.plot([h["step"] for h in history], [h[key] for h in history], label=label, linewidth=1.4)
         axis.set_xlabel("optimizer step")
         axis.set_title(key)
         axis.grid(alpha=0.3)
     if len(histories) > 1:
-        axes[0][-1].legend(fontsize=8)
+        axes.flat[len(keys) - 1].legend(fontsize=8)
     figure.suptitle(title)
     figure.tight_layout()
     return figure

@@ -57,26 +57,36 @@ NOTEBOOK_DEFAULTS: dict[str, dict[str, dict]] = {
         "gpu": {"num_prompts": 4096, "num_samples": 8, "num_epochs": 1, "lr": 1e-5, "batch_size": 32,
                 "max_new_tokens": 128, "num_bon_prompts": 500, "bon_n": 16, "keep_ties": False},
     },
-    "02b_rlhf": {
-        # Every method samples replies_per_iteration = ppo_prompts × 1 = group_prompts × num_samples replies per
-        # iteration for `iterations` iterations (the same budget), LoRA rank lora_r on the SFT model; PPO's
-        # critic (from the reward model; LoRA of rank critic_lora_r on its trunk, 0 = every weight) learns at
-        # critic_lr_scale × lr; missing_eos: what a reply cut at max_new_tokens scores (penalty, mask, keep). kl_coef: β of every
-        # method (small, so that over-optimisation can show); probe_every: PPO checkpoints measured on the
-        # first num_kl test prompts. num_eval test prompts (05's): greedy replies for win-rate and gold.
-        "smoke": {"num_prompts": 16, "iterations": 2, "ppo_prompts": 4, "group_prompts": 2, "num_samples": 2,
-                  "lr": 1e-3, "lora_r": 4, "critic_lr_scale": 1.0, "critic_lora_r": 4, "kl_coef": 0.02,
-                  "update_epochs": 2, "max_new_tokens": 8, "num_eval": 10, "num_kl": 4, "probe_every": 1,
-                  "missing_eos": "penalty"},
+    "02b_ppo": {
+        # PPO samples ppo_prompts replies (one per prompt) per iteration for `iterations` iterations, LoRA rank
+        # lora_r on the SFT model; its critic (from the reward model; LoRA of rank critic_lora_r on its trunk,
+        # 0 = every weight) learns at critic_lr_scale × lr; missing_eos: what a reply cut at max_new_tokens scores
+        # (penalty, mask, keep). kl_coef: β (small, so that over-optimisation can show); probe_every: checkpoints
+        # measured on the first num_kl test prompts. num_eval test prompts (05's): greedy replies, win-rate, gold.
+        # Notebook 02c trains RLOO and GRPO at the same budget (tests/test_rlhf.py checks every profile).
+        "smoke": {"num_prompts": 16, "iterations": 2, "ppo_prompts": 4, "lr": 1e-3, "lora_r": 4,
+                  "critic_lr_scale": 1.0, "critic_lora_r": 4, "kl_coef": 0.02, "update_epochs": 2,
+                  "max_new_tokens": 8, "num_eval": 10, "num_kl": 4, "probe_every": 1, "missing_eos": "penalty"},
         # cpu: cut replies kept (missing_eos="keep"; at ≤ 24 tokens most T=1 samples are cut, see notebook 02b);
         # the critic is LoRA on the reward model's trunk (training every weight was 3/4 of a PPO iteration)
-        "cpu": {"num_prompts": 512, "iterations": 16, "ppo_prompts": 16, "group_prompts": 4, "num_samples": 4,
-                "lr": 1e-4, "lora_r": 16, "critic_lr_scale": 1.0, "critic_lora_r": 16, "kl_coef": 0.02,
-                "update_epochs": 2, "max_new_tokens": 24, "num_eval": 300, "num_kl": 64, "probe_every": 4,
+        "cpu": {"num_prompts": 512, "iterations": 16, "ppo_prompts": 16, "lr": 1e-4, "lora_r": 16,
+                "critic_lr_scale": 1.0, "critic_lora_r": 16, "kl_coef": 0.02, "update_epochs": 2,
+                "max_new_tokens": 24, "num_eval": 300, "num_kl": 64, "probe_every": 4, "missing_eos": "keep"},
+        "gpu": {"num_prompts": 4096, "iterations": 200, "ppo_prompts": 64, "lr": 1e-5, "lora_r": 0,
+                "critic_lr_scale": 1.0, "critic_lora_r": 0, "kl_coef": 0.02, "update_epochs": 2,
+                "max_new_tokens": 128, "num_eval": 1000, "num_kl": 256, "probe_every": 20, "missing_eos": "penalty"},
+    },
+    "02c_rloo_grpo": {
+        # RLOO and GRPO: group_prompts prompts × num_samples replies per iteration, as many replies as 02b's PPO
+        # sees (ppo_prompts), every other budget setting equal to 02b's; the train prompts are 02b's.
+        "smoke": {"num_prompts": 16, "iterations": 2, "group_prompts": 2, "num_samples": 2, "lr": 1e-3, "lora_r": 4,
+                  "kl_coef": 0.02, "update_epochs": 2, "max_new_tokens": 8, "num_eval": 10, "num_kl": 4,
+                  "missing_eos": "penalty"},
+        "cpu": {"num_prompts": 512, "iterations": 16, "group_prompts": 4, "num_samples": 4, "lr": 1e-4, "lora_r": 16,
+                "kl_coef": 0.02, "update_epochs": 2, "max_new_tokens": 24, "num_eval": 300, "num_kl": 64,
                 "missing_eos": "keep"},
-        "gpu": {"num_prompts": 4096, "iterations": 200, "ppo_prompts": 64, "group_prompts": 8, "num_samples": 8,
-                "lr": 1e-5, "lora_r": 0, "critic_lr_scale": 1.0, "critic_lora_r": 0, "kl_coef": 0.02,
-                "update_epochs": 2, "max_new_tokens": 128, "num_eval": 1000, "num_kl": 256, "probe_every": 20,
+        "gpu": {"num_prompts": 4096, "iterations": 200, "group_prompts": 8, "num_samples": 8, "lr": 1e-5, "lora_r": 0,
+                "kl_coef": 0.02, "update_epochs": 2, "max_new_tokens": 128, "num_eval": 1000, "num_kl": 256,
                 "missing_eos": "penalty"},
     },
     "05_dpo": {

@@ -29,7 +29,8 @@ PROMPT_PLANS: dict[str, dict[str, tuple]] = {
                "train other": ("train", OTHER_FAMILIES, "num_rejection"),
                "eval": ("test", None, "num_eval")},
     "02a_reward_model": {"train": ("train", None, "num_prompts"), "bon": ("test", None, "num_bon_prompts")},
-    "02b_rlhf": {"train": ("train", None, "num_prompts"), "eval": ("test", None, "num_eval", "05_dpo")},
+    "02b_ppo": {"train": ("train", None, "num_prompts"), "eval": ("test", None, "num_eval", "05_dpo")},
+    "02c_rloo_grpo": {"train": ("train", None, "num_prompts", "02b_ppo"), "eval": ("test", None, "num_eval", "05_dpo")},
     "05_dpo": {"train": ("train", None, "num_prompts"), "eval": ("test", None, "num_eval")},
 }
 

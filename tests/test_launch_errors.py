@@ -4,7 +4,9 @@ nothing written in the output folder. --debug shows the traceback."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
+import os
 import subprocess
 import sys
 
@@ -119,3 +121,20 @@ def test_max_length_beyond_the_models_context_is_refused_before_loading(capsys, 
                        str(tmp_path / "out"), "--max-length", "5000")
     assert status == 1 and f"--max-length 5000 exceeds the context of --model {tiny_dir} (1024 tokens)" in err
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.skipif(importlib.util.find_spec("deepspeed") is None, reason="DeepSpeed is not installed")
+def test_deepspeeds_log_lines_stay_off_stdout():
+    # the DeepSpeed path of `launch` calls this before the Accelerator imports DeepSpeed; stdout keeps the results
+    code = ("import os; os.environ.pop('DS_ACCELERATOR', None)\n"
+            "from alignkit.trainers.launch import deepspeed_logs_to_stderr\n"
+            "deepspeed_logs_to_stderr()\n"
+            "import deepspeed\n"
+            "from deepspeed.utils import logger\n"
+            "logger.warning('a DeepSpeed warning')\n"
+            "print('result')\n")
+    env = {k: v for k, v in os.environ.items() if k != "DS_ACCELERATOR"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "result\n"
+    assert "a DeepSpeed warning" in result.stderr

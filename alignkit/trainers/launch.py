@@ -16,6 +16,7 @@ ZeRO-3 the shards are gathered first).
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
@@ -70,6 +71,19 @@ def run_identity(args: argparse.Namespace) -> dict:
     return {"command": args.algorithm, "model": model_id(args.model), "reference": model_id(args.reference),
             "data_sha256": file_sha256(args.data), "processes": int(os.environ.get("WORLD_SIZE", "1")),
             **{flag: getattr(args, flag) for flag in IDENTITY_FLAGS}}
+
+
+def deepspeed_logs_to_stderr() -> None:
+    """Keep DeepSpeed's log lines off stdout, which holds the command's results: on a machine without CUDA name its
+    CPU accelerator (``DS_ACCELERATOR=cpu``, unless set) so that importing it does not print its "unable to detect"
+    warning, then point its logger's stdout handler at stderr (DeepSpeed's logger writes to stdout)."""
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    from deepspeed.utils import logger
+
+    for handler in logger.handlers:
+        if isinstance(handler, logging.StreamHandler) and handler.stream is sys.stdout:
+            handler.setStream(sys.stderr)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -144,6 +158,8 @@ def _train(args: argparse.Namespace) -> int:
     # `accelerate launch` with a DeepSpeed config sets ACCELERATE_USE_DEEPSPEED; cpu=True would switch DeepSpeed off
     # (DeepSpeed's CPU accelerator, DS_ACCELERATOR=cpu, runs it on a machine without GPUs).
     use_deepspeed = os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true"
+    if use_deepspeed:
+        deepspeed_logs_to_stderr()
     accelerator = Accelerator(cpu=not torch.cuda.is_available() and not use_deepspeed,
                               mixed_precision=args.mixed_precision)
     model, tokenizer = load_model(args.model, seed=args.seed)
