@@ -49,7 +49,7 @@ PROMPT_CHUNK = 48  # prompts sampled (and cached) at a time until NUM_PAIRS non-
 BATCH_SIZE = 4
 MAX_LENGTH = 256
 NUM_EPOCHS = 1  # 64 examples / batch 4 = 16 optimizer steps, the same on both sides
-MAX_NEW_TOKENS = 48  # sample_response_pairs' default
+MAX_NEW_TOKENS = 48  # sample_replies' default
 CACHE_DIR = ROOT / "runs" / "bench"
 RESULTS = ROOT / "bench" / "RESULTS.md"
 BUSY_WARNING = 0.10  # share of the machine's CPU time used by other processes above which a timing is suspect
@@ -160,7 +160,7 @@ def load_pairs(seed: int = SEED) -> tuple[list[dict], str]:
     """``NUM_PAIRS`` task-world preference records and the name of the model that sampled them.
 
     As notebook 05 builds them: prompts from :func:`alignkit.data.make_prompts`, two sampled replies per prompt
-    (:func:`alignkit.generation.sample_response_pairs`), the gold judge picks chosen/rejected, ties dropped
+    (:func:`alignkit.generation.sample_replies`, 2 per prompt), the gold judge picks chosen/rejected, ties dropped
     (about half the pairs tie: two wrong sums, two non-refusals). Notebook 05 samples from notebook 01's SFT
     model; this uses it when runs/cpu holds it and the base model otherwise, so the benchmark does not depend
     on notebook 01 having run. Prompts are sampled in chunks of ``PROMPT_CHUNK`` until ``NUM_PAIRS`` non-tied
@@ -181,7 +181,7 @@ def load_pairs(seed: int = SEED) -> tuple[list[dict], str]:
         if len(replies) >= MAX_PROMPTS:
             raise RuntimeError(f"only {len(records)} of {MAX_PROMPTS} prompts gave a non-tied pair; raise MAX_PROMPTS")
         if model is None:
-            from alignkit.generation import sample_response_pairs
+            from alignkit.generation import sample_replies
             from alignkit.models import load_model
 
             model, tokenizer = load_model(name)
@@ -189,9 +189,10 @@ def load_pairs(seed: int = SEED) -> tuple[list[dict], str]:
         print(f"[bench] sampling reply pairs for prompts {len(replies)}..{len(replies) + len(chunk)} from {name} "
               f"({len(records)} non-tied pairs so far; cached in {cache}) ...", flush=True)
         start = time.perf_counter()
-        chunk_seed = seed + 2 * (len(replies) // PROMPT_CHUNK)  # sample_response_pairs uses seed and seed + 1
-        replies += [list(pair) for pair in sample_response_pairs(
-            model, tokenizer, [p["prompt"] for p in chunk], seed=chunk_seed, max_new_tokens=MAX_NEW_TOKENS)]
+        chunk_seed = seed + len(replies) // PROMPT_CHUNK
+        pairs, _ = sample_replies(model, tokenizer, [p["prompt"] for p in chunk], num_samples=2, seed=chunk_seed,
+                                  max_new_tokens=MAX_NEW_TOKENS)
+        replies += [list(pair) for pair in pairs]
         cache.parent.mkdir(parents=True, exist_ok=True)
         cache.write_text(json.dumps({"seed": seed, "sampled_by": sampled_by, "replies": replies}, indent=1) + "\n")
         print(f"[bench] sampled in {time.perf_counter() - start:.0f} s", flush=True)
@@ -238,7 +239,36 @@ def worker_arguments(description: str) -> argparse.Namespace:
     parser.add_argument("--profile", choices=["alignkit", "trl"],
                         help="instead of benchmarking, profile one side (torch.profiler) and print the top ops")
     parser.add_argument("--no-results", action="store_true", help="do not update bench/RESULTS.md")
+    parser.add_argument("--what-if-trl-allocator", action="store_true",
+                        help="also time TRL once per precision with glibc keeping freed memory, as alignkit's "
+                             "trainers set it (alignkit.cpu_memory); printed as a what-if, not in the ratio")
     return parser.parse_args()
+
+
+KEEP_FREED_MEMORY_ENV = "BENCH_KEEP_FREED_MEMORY"
+
+
+def worker_settings() -> None:
+    """Settings a worker applies before its side runs: the allocator what-if (see ``--what-if-trl-allocator``)."""
+    if os.environ.get(KEEP_FREED_MEMORY_ENV) == "1":
+        from alignkit.cpu_memory import keep_freed_memory
+
+        if not keep_freed_memory():
+            raise RuntimeError("keep_freed_memory() is not available on this C library")
+
+
+def what_if_allocator_lines(script: Path, args: argparse.Namespace, precisions: list[str],
+                            results: list[dict[str, Any]]) -> list[str]:
+    """One TRL run per precision with glibc keeping freed memory, against alignkit's mean time (not in the ratio)."""
+    lines = []
+    for run_precision in precisions:
+        result = run_worker(script, "trl", run_precision, args.seed, env={KEEP_FREED_MEMORY_ENV: "1"})
+        ours = [r["seconds"] for r in results if r["side"] == "alignkit" and r["precision"] == run_precision]
+        lines.append(f"what-if [{run_precision}] (not TRL as configured, not in the ratio): TRL with glibc keeping "
+                     f"freed memory (alignkit.cpu_memory.keep_freed_memory, as alignkit's trainers set it): "
+                     f"time={result['seconds']:.1f}s  peak_rss={result['peak_rss_mib']:.0f}MiB  vs alignkit: "
+                     f"{result['seconds'] / (sum(ours) / len(ours)):.2f}x")
+    return lines
 
 
 def run_record(start: float, step_ends: list[float], losses: list[float]) -> dict[str, Any]:
@@ -252,6 +282,7 @@ def main(script: Path, doc: str, sides: dict[str, Callable[[int, str], dict[str,
     """A bench script's entry point: a worker (one side, one run), a profile of one side, or the whole bench."""
     args = worker_arguments(doc.splitlines()[0])
     if args.worker:
+        worker_settings()
         emit(sides[args.worker](args.seed, args.precision))
     elif args.profile:
         load_pairs(args.seed)
@@ -269,11 +300,14 @@ def emit(result: dict[str, Any]) -> None:
     print("BENCH_RESULT " + json.dumps(result), flush=True)
 
 
-def run_worker(script: Path, side: str, precision: str, seed: int) -> dict[str, Any]:
-    """Run one side in a fresh process; return its result with the machine's contention while it ran."""
+def run_worker(script: Path, side: str, precision: str, seed: int, env: dict[str, str] | None = None
+               ) -> dict[str, Any]:
+    """Run one side in a fresh process (``env``: extra environment variables); return its result with the
+    machine's contention while it ran."""
     command = [sys.executable, str(script), "--worker", side, "--precision", precision, "--seed", str(seed)]
     with CpuMonitor() as monitor:
-        process = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+        process = subprocess.run(command, capture_output=True, text=True, cwd=ROOT,
+                                 env={**os.environ, **(env or {})})
     lines = [line for line in process.stdout.splitlines() if line.startswith("BENCH_RESULT ")]
     if process.returncode != 0 or not lines:
         sys.stderr.write(process.stdout[-4000:] + process.stderr[-8000:])
@@ -407,6 +441,8 @@ def benchmark_main(script: Path, args: argparse.Namespace, *, section: str, task
     reason = ("bf16 matmul is faster than fp32 here" if precision == "bf16" else
               f"no bf16 matmul unit: bf16 runs at {peak['bf16'] / peak['fp32']:.3f}x the fp32 peak, so bf16 is "
               f"not run")
+    if args.what_if_trl_allocator:
+        lines += what_if_allocator_lines(script, args, precisions, results)
     lines.append(f"ratio_fp32={ratios['fp32']:.2f}")
     lines.append(f"recommended precision on this CPU: {precision} ({reason})")
     lines.append(f"ratio={ratios[precision]:.2f}")
@@ -415,7 +451,8 @@ def benchmark_main(script: Path, args: argparse.Namespace, *, section: str, task
     if not args.no_results:
         command = f"{Path(sys.executable).relative_to(ROOT) if sys.executable.startswith(str(ROOT)) else 'python'} " \
                   f"bench/{script.name}" + (f" --repeats {args.repeats}" if args.repeats != 2 else "") + \
-                  (f" --seed {args.seed}" if args.seed != SEED else "")
+                  (f" --seed {args.seed}" if args.seed != SEED else "") + \
+                  (" --what-if-trl-allocator" if args.what_if_trl_allocator else "")
         body = f"Command: `{command}`\n\n{machine_markdown(machine, peak)}\n\n```\n{report}\n```\n"
         update_results(section, body)
         print(f"\n[bench] wrote the '{section}' section of {RESULTS.relative_to(ROOT)}")

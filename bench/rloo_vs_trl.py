@@ -282,13 +282,16 @@ def benchmark(args) -> None:
         busiest = max(ours["others_cpu_share_max"], theirs["others_cpu_share_max"])
         if busiest > common.BUSY_WARNING:
             lines.append(f"  WARNING: other processes used up to {100 * busiest:.0f}% of the CPU during these runs")
+    if args.what_if_trl_allocator:
+        lines += common.what_if_allocator_lines(Path(__file__).resolve(), args, precisions, results)
     lines.append(f"ratio_fp32={ratios['fp32']:.2f}")
     lines.append(f"recommended precision on this CPU: {precision}")
     lines.append(f"ratio={ratios[precision]:.2f}")
     report = "\n".join(lines)
     print("\n" + report)
     if not args.no_results:
-        command = ".venv/bin/python bench/rloo_vs_trl.py" + (f" --repeats {args.repeats}" if args.repeats != 2 else "")
+        command = ".venv/bin/python bench/rloo_vs_trl.py" + (f" --repeats {args.repeats}" if args.repeats != 2 else "") \
+            + (" --what-if-trl-allocator" if args.what_if_trl_allocator else "")
         common.update_results(SECTION, f"Command: `{command}`\n\n{common.machine_markdown(machine, peak)}\n\n"
                                        f"```\n{report}\n```\n")
 
@@ -323,6 +326,7 @@ def main() -> None:
     if ppo:
         ppo_figures(args)
     elif args.worker:
+        common.worker_settings()
         common.emit(SIDES[args.worker](args.seed, args.precision))
     elif args.profile:
         print(common.profile_call(lambda: print(SIDES[args.profile](args.seed, args.precision)["seconds"])))

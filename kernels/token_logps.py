@@ -157,13 +157,23 @@ def _check_targets(targets: torch.Tensor, valid: torch.Tensor, vocab: int) -> No
         raise IndexError(f"targets must lie in [0, {vocab}) or equal ignore_index")
 
 
+def _tile_operands(hidden: torch.Tensor, weight: torch.Tensor, low_precision: bool) -> tuple[torch.Tensor, ...]:
+    """What the tile GEMMs multiply: fp32 copies (exact products of bf16 values), or the bf16 tensors themselves
+    with ``low_precision`` (a bf16 GEMM, whose output is rounded to bf16 as a plain bf16 LM head's logits are)."""
+    if low_precision and hidden.dtype == weight.dtype and hidden.dtype in (torch.bfloat16, torch.float16):
+        return hidden, weight
+    return hidden.float(), weight.float()
+
+
 def _chunked_stats(
-    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int, chunk_vocab: int
+    hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_rows: int, chunk_vocab: int,
+    low_precision: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Online (lse, E_p[z], entropy, target logit) over vocabulary chunks for rows that all have a target.
 
     Loops vocabulary chunks outside and row chunks inside, so each ``W`` chunk is upcast once.
     """
+    hidden, weight = _tile_operands(hidden, weight, low_precision)
     n = hidden.shape[0]
     vocab = weight.shape[0]
     f32 = dict(dtype=torch.float32, device=hidden.device)
@@ -172,12 +182,12 @@ def _chunked_stats(
     b = torch.empty(n, **f32)  # Σ exp(z − m)(z − m)
     z_target = torch.zeros(n, **f32)
     for c0 in range(0, vocab, chunk_vocab):
-        w_chunk = weight[c0:c0 + chunk_vocab].float()
+        w_chunk = weight[c0:c0 + chunk_vocab]
         local = targets - c0
         in_chunk = (local >= 0) & (local < w_chunk.shape[0])
         for r0 in range(0, n, chunk_rows):
             rows = slice(r0, r0 + chunk_rows)
-            z = hidden[rows].float() @ w_chunk.T
+            z = (hidden[rows] @ w_chunk.T).float()
             z_max = z.amax(dim=1)
             if c0 == 0:
                 m_new = z_max
@@ -208,7 +218,7 @@ class _ChunkedTokenLogps(torch.autograd.Function):
     """Chunked torch forward/backward; saves H, W, targets and per-row (lse, E_p[z]) only."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, targets, ignore_index, chunk_rows, chunk_vocab):
+    def forward(ctx, hidden, weight, targets, ignore_index, chunk_rows, chunk_vocab, low_precision):
         n = hidden.shape[0]
         vocab = weight.shape[0]
         valid = targets != ignore_index
@@ -223,7 +233,7 @@ class _ChunkedTokenLogps(torch.autograd.Function):
             compact = idx.numel() < n  # skip ignored rows (prompt/padding) entirely
             h = hidden.index_select(0, idx) if compact else hidden
             t = targets.index_select(0, idx) if compact else targets
-            v_lse, v_mean, v_ent, v_zt = _chunked_stats(h, weight, t, chunk_rows, chunk_vocab)
+            v_lse, v_mean, v_ent, v_zt = _chunked_stats(h, weight, t, chunk_rows, chunk_vocab, low_precision)
             logps[idx] = v_zt - v_lse
             entropy[idx] = v_ent
             lse[idx] = v_lse
@@ -232,6 +242,7 @@ class _ChunkedTokenLogps(torch.autograd.Function):
         ctx.ignore_index = ignore_index
         ctx.chunk_rows = chunk_rows
         ctx.chunk_vocab = chunk_vocab
+        ctx.low_precision = low_precision
         ctx.set_materialize_grads(False)
         return logps, entropy
 
@@ -240,7 +251,7 @@ class _ChunkedTokenLogps(torch.autograd.Function):
         hidden, weight, targets, lse, mean_z = ctx.saved_tensors
         need_h, need_w = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
         if (grad_logps is None and grad_entropy is None) or not (need_h or need_w):
-            return None, None, None, None, None, None
+            return None, None, None, None, None, None, None
         n, d = hidden.shape
         vocab = weight.shape[0]
         rows_r, cols_c = ctx.chunk_rows, ctx.chunk_vocab
@@ -250,22 +261,22 @@ class _ChunkedTokenLogps(torch.autograd.Function):
         grad_w = torch.zeros_like(weight) if need_w else None
         grad_h_valid = torch.zeros(idx.numel(), d, **f32) if need_h else None
         if idx.numel() > 0:
-            h = hidden.index_select(0, idx)
+            h, w = _tile_operands(hidden.index_select(0, idx), weight, ctx.low_precision)
             t = targets.index_select(0, idx)
             v_lse = lse.index_select(0, idx)
             v_mean = mean_z.index_select(0, idx)
             g_lp = grad_logps.float().index_select(0, idx) if grad_logps is not None else None
             g_ent = grad_entropy.float().index_select(0, idx) if grad_entropy is not None else None
             for c0 in range(0, vocab, cols_c):
-                w_chunk = weight[c0:c0 + cols_c].float()
+                w_chunk = w[c0:c0 + cols_c]
                 width = w_chunk.shape[0]
                 local = t - c0
                 in_chunk = (local >= 0) & (local < width)
                 dw_chunk = torch.zeros(width, d, **f32) if need_w else None
                 for r0 in range(0, idx.numel(), rows_r):
                     rows = slice(r0, r0 + rows_r)
-                    h_rows = h[rows].float()
-                    z = h_rows @ w_chunk.T
+                    h_rows = h[rows]
+                    z = (h_rows @ w_chunk.T).float()
                     p = (z - v_lse[rows, None]).exp()
                     # dz = g_logp (onehot − p) − g_ent p (z − E_p[z])
                     if g_ent is not None:
@@ -279,17 +290,24 @@ class _ChunkedTokenLogps(torch.autograd.Function):
                         hit = in_chunk[rows].nonzero().squeeze(1)
                         if hit.numel() > 0:
                             dz[hit, local[rows][hit]] += g_lp[rows][hit]
-                    if need_h:
-                        grad_h_valid[rows].addmm_(dz, w_chunk)
-                    if need_w:
-                        dw_chunk.addmm_(dz.T, h_rows)
+                    if w_chunk.dtype == torch.float32:
+                        if need_h:
+                            grad_h_valid[rows].addmm_(dz, w_chunk)
+                        if need_w:
+                            dw_chunk.addmm_(dz.T, h_rows)
+                    else:  # low precision: dz rounded to bf16 for a bf16 GEMM, products summed in fp32
+                        dz_low = dz.to(w_chunk.dtype)
+                        if need_h:
+                            grad_h_valid[rows] += dz_low @ w_chunk
+                        if need_w:
+                            dw_chunk += dz_low.T @ h_rows
                 if need_w:
                     grad_w[c0:c0 + width] = dw_chunk
         grad_h = None
         if need_h:
             grad_h = torch.zeros_like(hidden)
             grad_h[idx] = grad_h_valid.to(hidden.dtype)
-        return grad_h, grad_w, None, None, None, None
+        return grad_h, grad_w, None, None, None, None, None
 
 
 def token_logps_torch(
@@ -299,16 +317,21 @@ def token_logps_torch(
     ignore_index: int = IGNORE_INDEX,
     chunk_rows: int = DEFAULT_CHUNK_ROWS,
     chunk_vocab: int = DEFAULT_CHUNK_VOCAB,
+    low_precision: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked torch path: ``hidden [N, d]``, ``weight [V, d]``, ``targets [N]`` → fp32 ``(logps, entropy)``.
 
-    Memory beyond inputs and gradients is O(chunk_rows · chunk_vocab) fp32 (plus an fp32 copy of a W chunk and,
-    for bf16 inputs, of a row chunk); ignored rows are dropped before any matmul.
+    Memory beyond inputs and gradients is O(chunk_rows · chunk_vocab) fp32 (plus an fp32 copy of W and, for bf16
+    inputs, of the rows); ignored rows are dropped before any matmul. ``low_precision`` (bf16/fp16 inputs only):
+    the logits tiles and the backward GEMMs run in the inputs' dtype, as a bf16 LM head under autocast does —
+    logits rounded to bf16, statistics still accumulated in fp32. On a CPU with AMX a bf16 GEMM is ~4× an fp32
+    one; without it, leave it off. Without the flag, bf16 products are formed exactly in fp32.
     """
     _check_shapes(hidden, weight, targets)
     if chunk_rows < 1 or chunk_vocab < 1:
         raise ValueError("chunk sizes must be positive")
-    return _ChunkedTokenLogps.apply(hidden, weight, targets, ignore_index, int(chunk_rows), int(chunk_vocab))
+    return _ChunkedTokenLogps.apply(hidden, weight, targets, ignore_index, int(chunk_rows), int(chunk_vocab),
+                                    bool(low_precision))
 
 
 def _check_shapes(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor) -> None:

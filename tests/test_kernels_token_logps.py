@@ -112,6 +112,29 @@ def test_torch_bf16_matches_reference_on_rounded_inputs():
     assert errors["dH"] < TOL_BF16_GRAD and errors["dW"] < TOL_BF16_GRAD, errors
 
 
+def test_torch_low_precision_matches_bf16_logits():
+    """``low_precision``: tiles from bf16 GEMMs, i.e. the logits a bf16 LM head gives (rounded to bf16), with fp32
+    statistics. Oracle: float64 from those rounded logits. A tile's bf16 GEMM may round an element one bf16 ulp
+    (≈ 4e-3 relative) differently from the full GEMM, so the forward tolerance is that of bf16 gradients; the
+    gradients are also formed from dz rounded to bf16 (2e-2, as for Triton's bf16 backward)."""
+    hidden, weight, targets, a, b = make_inputs(seed=3)
+    h16, w16 = hidden.bfloat16(), weight.bfloat16()
+    out = run(token_logps_torch, h16, w16, targets, a, b, chunk_rows=10, chunk_vocab=50, low_precision=True)
+
+    def rounded_logits_reference(h, w, t, ignore_index=-100):
+        logits = (h.bfloat16() @ w.bfloat16().T).double()  # the bf16 head's logits, then exact math
+        valid = t != ignore_index
+        lse = torch.logsumexp(logits, -1)
+        picked = logits.gather(-1, t.clamp(min=0)[:, None])[:, 0]
+        entropy = lse - (torch.softmax(logits, -1) * logits).sum(-1)
+        return torch.where(valid, picked - lse, 0.0), torch.where(valid, entropy, 0.0)
+
+    forward = rel_errors(out, run(rounded_logits_reference, h16.double(), w16.double(), targets, a, b))
+    assert forward["logps"] < TOL_BF16_GRAD and forward["entropy"] < TOL_BF16_GRAD, forward
+    exact = rel_errors(out, reference(h16, w16, targets, a, b))
+    assert exact["dH"] < TOL_BF16_GRAD_TRITON and exact["dW"] < TOL_BF16_GRAD_TRITON, exact
+
+
 def test_torch_ignored_rows_are_zero_and_get_no_gradient():
     hidden, weight, targets, a, b = make_inputs(seed=4)
     out = run(token_logps_torch, hidden.float(), weight.float(), targets, a, b, chunk_rows=10, chunk_vocab=50)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from alignkit.models.fused_head import causal_lm
 from alignkit.models.heads import head_at_columns
 
 
@@ -33,9 +34,17 @@ class PolicyAndCritic(torch.nn.Module):
         """The named parts a checkpoint saves in their own subfolders (``policy/``, ``critic/``)."""
         return {"policy": self.policy, "critic": self.critic}
 
+    def get_output_embeddings(self) -> torch.nn.Module | None:
+        """The policy's LM head (so :func:`alignkit.models.fused_head.fuse_lm_head` can fuse it)."""
+        return causal_lm(self.policy).get_output_embeddings()
+
+    def set_output_embeddings(self, head: torch.nn.Module) -> None:
+        causal_lm(self.policy).set_output_embeddings(head)
+
     def forward(self, *, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids: torch.Tensor,
                 columns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, T, V) logits and (B, T) values at ``columns`` of a padded prompt + reply batch."""
+        """(B, T, V) logits and (B, T) values at ``columns`` of a padded prompt + reply batch (inside
+        :func:`alignkit.models.fused_head.scoring`, a fused head's (B, T, 2) log-probs and entropies instead)."""
         inputs = {"input_ids": input_ids, "attention_mask": attention_mask, "position_ids": position_ids}
         logits = self.policy(**inputs, logits_to_keep=columns, use_cache=False).logits
         return logits, head_at_columns(self.critic, inputs, columns)

@@ -81,7 +81,7 @@ def packed_head_outputs(model: torch.nn.Module, batch: PackedBatch, positions: t
     """Head outputs at row ``positions`` (N,) of a packed batch, shape (N, num_labels), float32."""
     batch = on_model(batch, model)
     hidden = _trunk_hidden(model, input_ids=batch.input_ids, position_ids=batch.position_ids,
-                           attention_mask=batch.attention_mask)[0]  # (T, d)
+                           attention_mask=batch.attention_mask, packed_items=batch.items)[0]  # (T, d)
     return score_head(model)(hidden[positions.to(hidden.device)]).float()
 
 

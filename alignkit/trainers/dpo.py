@@ -16,6 +16,7 @@ from typing import Sequence
 
 import torch
 
+from alignkit.cpu_memory import keep_freed_memory
 from alignkit.losses import DPO_LOSSES, dpo_loss
 from alignkit.trainers.loop import StepOutput, TrainConfig, TrainResult, train
 from alignkit.trainers.packing import PackedBatch, packed_target_logps, sequence_sums
@@ -72,6 +73,8 @@ def pair_logps(model: torch.nn.Module, packed: PackedBatch) -> tuple[torch.Tenso
 def precompute_reference_logps(reference: torch.nn.Module, examples: Sequence[PairExample], *,
                                batch_size: int = 8) -> list[PairExample]:
     """Return copies of ``examples`` carrying the reference model's chosen/rejected sequence log-probs."""
+    if next(reference.parameters()).device.type == "cpu":
+        keep_freed_memory()  # as the training engine does (alignkit.cpu_memory)
     was_training = reference.training
     reference.eval()
     done = []

@@ -50,7 +50,9 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import DistributedType
 
+from alignkit.cpu_memory import keep_freed_memory
 from alignkit.durable import publish_folder
+from alignkit.models.fused_head import fuse_lm_head
 from alignkit.progress import progress
 
 SCHEDULES = ("constant", "linear", "cosine")
@@ -397,6 +399,10 @@ class Engine:
             _fill_deepspeed_config(self.accelerator, config)
             if self.output_dir is not None:
                 _check_deepspeed_checkpointing(self.accelerator)
+        # the fused LM head replaces a module, which ZeRO-3 must see before it wraps the model
+        fuse_lm_head(model)
+        if self.accelerator.device.type == "cpu":
+            keep_freed_memory()  # large temporaries reuse freed memory instead of faulting in fresh pages
         # under DeepSpeed, self.model is the DeepSpeedEngine
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.state = TrainState()

@@ -48,14 +48,15 @@ import torch
 from accelerate import Accelerator
 from transformers import PreTrainedTokenizerBase
 
-from alignkit.losses import (gae, grpo_advantages, kl_penalty, per_token_logps, ppo_policy_loss, ppo_value_loss,
+from alignkit.losses import (gae, grpo_advantages, kl_penalty, ppo_policy_loss, ppo_value_loss,
                              rloo_advantages)
 from alignkit.losses.policy_gradient import KL_KINDS
+from alignkit.models.fused_head import fuse_lm_head, scoring
 from alignkit.models.heads import head_at_columns, reply_scores
 from alignkit.progress import progress
 from alignkit.rollout import Rollout, rollout
 from alignkit.trainers.engine import Engine, StepOutput, TrainConfig, TrainState, epoch_order
-from alignkit.trainers.experience import token_rewards
+from alignkit.trainers.experience import packed_response_logps, response_logps, response_targets, token_rewards
 
 ALGORITHMS = ("ppo", "rloo", "grpo")
 MISSING_EOS = ("penalty", "mask", "keep")
@@ -253,13 +254,6 @@ def _reference(policy: torch.nn.Module, reference: torch.nn.Module | None):
         yield policy
 
 
-def _response_logps(model: torch.nn.Module, batch: Rollout, temperature: float) -> torch.Tensor:
-    inputs, columns = _inputs(batch, model)
-    logits = model(**inputs, logits_to_keep=columns, use_cache=False).logits
-    return per_token_logps(logits.float() / temperature, batch.response_ids.to(logits.device)).masked_fill(
-        ~batch.response_mask.to(logits.device), 0.0)
-
-
 def _inputs(batch: Rollout, model: torch.nn.Module) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     device = next(model.parameters()).device
     width, steps = batch.prompt_ids.shape[1], batch.response_ids.shape[1]
@@ -288,7 +282,7 @@ def make_experience(batch: Rollout, *, scorer: Scorer, policy: torch.nn.Module, 
         was_training = ref_model.training
         ref_model.eval()
         try:
-            ref_logps = _response_logps(ref_model, batch, config.temperature)
+            ref_logps = response_logps(ref_model, batch, temperature=config.temperature)
         finally:
             ref_model.train(was_training)
     kl = kl_penalty(batch.logps, ref_logps, "k1").masked_fill(~mask, 0.0)
@@ -337,22 +331,23 @@ def whiten_advantages(experiences: Sequence[Experience], reduce_sum: Callable[[t
 
 def update_step(model: torch.nn.Module, batch: Experience, config: OnlineConfig, kl_coef: float) -> StepOutput:
     """Stage 4's loss on one minibatch: the summed per-token loss over its loss tokens, and metric sums."""
-    mask = batch.loss_mask
     if config.algorithm == "ppo":
         inputs, columns = _inputs(batch.rollout, model)
-        logits, values = model(**inputs, columns=columns)
-    else:
-        inputs, columns = _inputs(batch.rollout, model)
-        logits = model(**inputs, logits_to_keep=columns, use_cache=False).logits
+        targets = response_targets(batch.rollout)
+        if not fuse_lm_head(model):
+            raise TypeError("PPO's policy needs a linear LM head (a transformers causal LM)")
+        with scoring(targets, config.temperature):
+            scored, values = model(**inputs, columns=columns)  # (B, T, 2) = (log-prob, entropy), (B, T)
+        logps, entropy = scored[..., 0], scored[..., 1]
+    else:  # the rollout packed: each prompt once for its k replies, no padding
+        logps, entropy = packed_response_logps(model, batch.rollout, temperature=config.temperature)
         values = None
-    device = logits.device
-    mask = mask.to(device)
-    logits = logits.float() / config.temperature
-    logps = per_token_logps(logits, batch.rollout.response_ids.to(device))
+    device = logps.device
+    mask = batch.loss_mask.to(device)
     old = batch.rollout.logps.to(device)
+    entropy = entropy.detach()
     with torch.no_grad():
         log_ratio = (logps - old).masked_fill(~mask, 0.0)
-        entropy = torch.logsumexp(logits, -1) - (torch.softmax(logits, -1) * logits).sum(-1)
         approx_kl = (log_ratio.exp() - 1) - log_ratio  # k3 of π_old ‖ π per token (Schulman 2020)
     if config.algorithm == "rloo":
         # the whole reply is one action (Ahmadian et al. 2024): one ratio per reply, a mean over replies

@@ -9,7 +9,9 @@ response restarts its position ids where the prompt ended, and the attention mas
 
 so each response is computed exactly as if it had been run alone after its prompt (tested against
 unpacked rows in ``tests/test_trainers.py``). The mask is additive (0 or the dtype's minimum), shape
-(1, 1, T, T), which transformers' Llama accepts with both the SDPA and the eager attention.
+(1, 1, T, T), which transformers' Llama accepts with both the SDPA and the eager attention. The batch also
+lists each item's span of the row (``items``), which the forward passes on as ``packed_items=``: a model switched
+to :mod:`alignkit.models.packed_attention` then attends item by item instead of over all T² pairs.
 
 Targets are listed explicitly: for every response token, the row position of the hidden state that
 predicts it (its predecessor in its own branch; for a response's first token, the prompt's last token),
@@ -21,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+
+from alignkit.models.packed_attention import ItemSpans, use_packed_attention
 
 
 @dataclass
@@ -36,6 +40,7 @@ class PackedBatch:
     target_positions: torch.Tensor  # (N,) row position of each target token itself (a head reads a reply there)
     num_sequences: int  # S: items × branches, ordered item by item, branch by branch
     num_tokens: int  # T, real tokens processed
+    items: ItemSpans  # where each item lies in the row (per-item attention reads it)
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "PackedBatch":
         """Move tensors to ``device``; the mask's fill value follows ``dtype`` (the model's compute dtype)."""
@@ -45,7 +50,7 @@ class PackedBatch:
         return PackedBatch(self.input_ids.to(device), self.position_ids.to(device), mask.to(device),
                            self.predict_positions.to(device), self.target_ids.to(device),
                            self.sequence_index.to(device), self.target_positions.to(device), self.num_sequences,
-                           self.num_tokens)
+                           self.num_tokens, self.items)
 
 
 def pack(items: list[tuple[list[int], list[list[int]]]], dtype: torch.dtype = torch.float32) -> PackedBatch:
@@ -59,6 +64,7 @@ def pack(items: list[tuple[list[int], list[list[int]]]], dtype: torch.dtype = to
     owner: list[tuple[int, int]] = []  # (item, branch) per row token; branch 0 is the prompt
     predict, targets, sequence, own = [], [], [], []
     num_sequences = 0
+    spans = []
     for item, (prompt_ids, responses) in enumerate(items):
         if not prompt_ids or not responses or any(len(r) == 0 for r in responses):
             raise ValueError(f"item {item}: prompt and every response need at least one token")
@@ -77,6 +83,7 @@ def pack(items: list[tuple[list[int], list[list[int]]]], dtype: torch.dtype = to
             own += range(start, start + len(response_ids))
             sequence += [num_sequences] * len(response_ids)
             num_sequences += 1
+        spans.append((prompt_start, len(input_ids), len(responses) == 1))
     length = len(input_ids)
     item_of = torch.tensor([o[0] for o in owner])
     branch_of = torch.tensor([o[1] for o in owner])
@@ -88,12 +95,14 @@ def pack(items: list[tuple[list[int], list[list[int]]]], dtype: torch.dtype = to
         input_ids=torch.tensor([input_ids]), position_ids=torch.tensor([positions]),
         attention_mask=mask[None, None], predict_positions=torch.tensor(predict),
         target_ids=torch.tensor(targets), sequence_index=torch.tensor(sequence), target_positions=torch.tensor(own),
-        num_sequences=num_sequences, num_tokens=length,
+        num_sequences=num_sequences, num_tokens=length, items=ItemSpans(tuple(spans)),
     )
 
 
 def on_model(batch: PackedBatch, model: torch.nn.Module) -> PackedBatch:
-    """``batch`` on the model's device, its mask in the dtype attention computes in (bf16 under autocast)."""
+    """``batch`` on the model's device, its mask in the dtype attention computes in (bf16 under autocast); a model
+    on SDPA attention is switched to per-item attention (:func:`~alignkit.models.packed_attention.use_packed_attention`)."""
+    use_packed_attention(model)
     parameter = next(model.parameters())
     autocast = torch.is_autocast_enabled("cpu") or torch.is_autocast_enabled("cuda")
     return batch.to(parameter.device, torch.bfloat16 if autocast else parameter.dtype)
@@ -103,16 +112,21 @@ def packed_logits(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
     """Logits at the batch's predicting positions only, shape (N, V), in ``predict_positions`` order."""
     batch = on_model(batch, model)
     output = model(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                   attention_mask=batch.attention_mask, logits_to_keep=batch.predict_positions, use_cache=False)
+                   attention_mask=batch.attention_mask, logits_to_keep=batch.predict_positions, use_cache=False,
+                   packed_items=batch.items)
     return output.logits[0]
 
 
 def packed_target_logps(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
-    """log π(target) for every target of ``batch``, shape (N,), computing the LM head only where needed."""
-    from alignkit.losses import per_token_logps
+    """log π(target) for every target of ``batch``, shape (N,), float32: the LM head only at the predicting
+    positions, fused with the log-softmax (:func:`alignkit.models.fused_head.target_logps`, never ``[N, V]``)."""
+    from alignkit.models.fused_head import target_logps
 
-    logits = packed_logits(model, batch)  # (N, V)
-    return per_token_logps(logits[None], batch.target_ids.to(logits.device)[None])[0]
+    batch = on_model(batch, model)
+    logps, _ = target_logps(model, batch.target_ids[None], input_ids=batch.input_ids,
+                            position_ids=batch.position_ids, attention_mask=batch.attention_mask,
+                            logits_to_keep=batch.predict_positions, packed_items=batch.items)
+    return logps[0]
 
 
 def last_positions(batch: PackedBatch) -> torch.Tensor:
