@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import os
 import platform
 
 _M_TRIM_THRESHOLD = -1
@@ -29,10 +30,13 @@ _applied = False
 
 def keep_freed_memory() -> bool:
     """Make glibc keep and reuse freed memory (see the module docstring). Idempotent. Returns whether the setting
-    is in effect: False on a C library that is not glibc (macOS, musl), where nothing is changed."""
+    is in effect: False on a C library that is not glibc (macOS, musl), or with ``ALIGNKIT_KEEP_FREED_MEMORY=0`` in
+    the environment (a process that must give memory back), where nothing is changed."""
     global _applied
     if _applied:
         return True
+    if os.environ.get("ALIGNKIT_KEEP_FREED_MEMORY") == "0":
+        return False
     if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
         return False
     try:

@@ -13,10 +13,11 @@ random (speed does not depend on the values); under bf16 autocast for the bf16 p
   head (``alignkit.models.fused_head``: ``token_logps``'s chunked torch path on CPU, never ``N × V``).
 
 Sweeps: **length** — one sequence of T = 128 … 2048 tokens, its second half the response; **items** — a
-2048-token row of n = 1 … 16 equal items, each half prompt, half response; **vocabulary** — 49,152 (SmolLM2) and
-128,256 (Llama 3's size: the same trunk with a random embedding and tied head of that size), T = 1024 in 4 items.
+1024-token row of n = 1 … 16 equal items, each half prompt, half response; **vocabulary** — 49,152 (SmolLM2) and
+128,256 (Llama 3's size: the same trunk with a random embedding and tied head of that size), T = 512 in 4 items.
 
-Measured, each point in a fresh worker process: the median wall time of 2 steps after 1 warm-up, and the growth
+Measured, each point in a fresh worker process (glibc keeping freed memory, as alignkit's trainers set it on CPU,
+for both paths): the wall time of 1 step after 1 warm-up, and the growth
 of the worker's peak RSS over the step (``ru_maxrss`` after the steps − before the first: activations, gradients,
 logits; the model is loaded before). Writes ``bench/scaling.png`` and the "Scaling" section of RESULTS.md.
 """
@@ -36,11 +37,11 @@ import common  # noqa: E402
 SECTION = "Scaling (bench/scaling.py)"
 LENGTHS = [128, 256, 512, 1024, 2048]
 ITEMS = [1, 2, 4, 8, 16]
-ROW = 2048
+ROW = 1024
 VOCABS = [49152, 128256]
-VOCAB_ROW, VOCAB_ITEMS = 1024, 4
+VOCAB_ROW, VOCAB_ITEMS = 512, 4
 PATHS = ("plain", "fused")
-STEPS, WARMUP = 2, 1
+STEPS, WARMUP = 1, 1
 
 
 def points() -> list[dict]:
@@ -54,10 +55,12 @@ def worker(point: dict) -> dict:
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    from alignkit.cpu_memory import keep_freed_memory
     from alignkit.losses import per_token_logps
     from alignkit.models import resolve_model
     from alignkit.trainers.packing import pack, packed_target_logps
 
+    keep_freed_memory()  # as alignkit's trainers run on CPU, for both paths (alignkit.cpu_memory)
     torch.manual_seed(0)
     config = AutoConfig.from_pretrained(resolve_model(common.MODEL))
     config.vocab_size = point["vocab"]
@@ -77,7 +80,7 @@ def worker(point: dict) -> dict:
         logits = model(input_ids=batch.input_ids, position_ids=batch.position_ids,
                        attention_mask=batch.attention_mask, logits_to_keep=batch.predict_positions,
                        use_cache=False).logits
-        return -per_token_logps(logits[None], batch.target_ids[None]).sum()
+        return -per_token_logps(logits, batch.target_ids[None]).sum()  # logits (1, N, V)
 
     times = []
     rss_before = common.peak_rss_mib()
@@ -178,7 +181,7 @@ def main() -> None:
                 results.append(result)
     lines = [f"{SECTION} — {started}",
              "one step = forward + backward of the summed response NLL on one packed row; SmolLM2-135M's "
-             "architecture, random fp32 weights; median of 2 steps after 1 warm-up, each point a fresh process",
+             "architecture, random fp32 weights; 1 timed step after 1 warm-up, each point a fresh process",
              "plain = SDPA over the (1,1,T,T) row mask + N×V logits + log-softmax; fused = per-item attention + "
              "fused LM head (token_logps, chunked torch path)"]
     for precision in precisions:

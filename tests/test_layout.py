@@ -1,4 +1,5 @@
-"""Layout: imports flow tutorials → alignkit → kernels, and no alignkit module imports itself round a cycle."""
+"""Layout: imports flow tutorials → alignkit → alignkit.kernels (which import only torch and triton), and no
+alignkit module imports itself round a cycle."""
 
 from __future__ import annotations
 
@@ -71,5 +72,7 @@ def test_a_cycle_is_found_when_there_is_one():
 
 
 def test_kernels_do_not_import_alignkit():
-    for path in (ROOT / "kernels").rglob("*.py"):
+    for path in (ROOT / "alignkit" / "kernels").rglob("*.py"):
         assert not any(name.split(".")[0] == "alignkit" for name in _imports(path)), path
+    assert (ROOT / "alignkit" / "kernels" / "token_logps.py").is_file()  # the test looks where the kernels are
+    assert not (ROOT / "kernels").exists()  # a top-level kernels/ shadows PyPI's `kernels` (see pyproject.toml)
