@@ -13,9 +13,8 @@ from __future__ import annotations
 import torch
 
 from alignkit.losses import IGNORE_INDEX, kl_penalty
-from alignkit.models.fused_head import target_logps
 from alignkit.rollout import Rollout
-from alignkit.trainers.packing import PackedBatch, on_model, pack
+from alignkit.trainers.packing import PackedBatch, pack, packed_target_scores
 
 
 def response_logps(model: torch.nn.Module, rollout: Rollout, *, temperature: float = 1.0) -> torch.Tensor:
@@ -54,15 +53,11 @@ def packed_response_logps(model: torch.nn.Module, rollout: Rollout, *, temperatu
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature}")
     batch, row, column = pack_rollout(rollout)
-    batch = on_model(batch, model)
-    logps, entropy = target_logps(model, batch.target_ids[None], temperature=temperature,
-                                  input_ids=batch.input_ids, position_ids=batch.position_ids,
-                                  attention_mask=batch.attention_mask, logits_to_keep=batch.predict_positions,
-                                  packed_items=batch.items)
+    logps, entropy = packed_target_scores(model, batch, temperature=temperature)
     shape, device = rollout.response_ids.shape, logps.device
     index = (row.to(device), column.to(device))
-    return (torch.zeros(shape, device=device).index_put(index, logps[0]),
-            torch.zeros(shape, device=device).index_put(index, entropy[0]))
+    return (torch.zeros(shape, device=device).index_put(index, logps),
+            torch.zeros(shape, device=device).index_put(index, entropy))
 
 
 def response_targets(rollout: Rollout) -> torch.Tensor:

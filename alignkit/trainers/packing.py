@@ -108,25 +108,34 @@ def on_model(batch: PackedBatch, model: torch.nn.Module) -> PackedBatch:
     return batch.to(parameter.device, torch.bfloat16 if autocast else parameter.dtype)
 
 
+def _forward_inputs(batch: PackedBatch) -> dict:
+    """The model call of a packed row: its tokens, positions, mask and item spans, the head at the predicting
+    positions only."""
+    return dict(input_ids=batch.input_ids, position_ids=batch.position_ids, attention_mask=batch.attention_mask,
+                logits_to_keep=batch.predict_positions, packed_items=batch.items)
+
+
 def packed_logits(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
     """Logits at the batch's predicting positions only, shape (N, V), in ``predict_positions`` order."""
     batch = on_model(batch, model)
-    output = model(input_ids=batch.input_ids, position_ids=batch.position_ids,
-                   attention_mask=batch.attention_mask, logits_to_keep=batch.predict_positions, use_cache=False,
-                   packed_items=batch.items)
-    return output.logits[0]
+    return model(**_forward_inputs(batch), use_cache=False).logits[0]
 
 
-def packed_target_logps(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
-    """log π(target) for every target of ``batch``, shape (N,), float32: the LM head only at the predicting
-    positions, fused with the log-softmax (:func:`alignkit.models.fused_head.target_logps`, never ``[N, V]``)."""
+def packed_target_scores(model: torch.nn.Module, batch: PackedBatch, *, temperature: float = 1.0
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(log-prob, entropy) of softmax(logits / T) for every target of ``batch``, each (N,), float32: the LM head
+    only at the predicting positions, fused with the log-softmax (:func:`alignkit.models.fused_head.target_logps`,
+    never ``[N, V]``)."""
     from alignkit.models.fused_head import target_logps
 
     batch = on_model(batch, model)
-    logps, _ = target_logps(model, batch.target_ids[None], input_ids=batch.input_ids,
-                            position_ids=batch.position_ids, attention_mask=batch.attention_mask,
-                            logits_to_keep=batch.predict_positions, packed_items=batch.items)
-    return logps[0]
+    logps, entropy = target_logps(model, batch.target_ids[None], temperature=temperature, **_forward_inputs(batch))
+    return logps[0], entropy[0]
+
+
+def packed_target_logps(model: torch.nn.Module, batch: PackedBatch) -> torch.Tensor:
+    """log π(target) for every target of ``batch``, shape (N,), float32 (:func:`packed_target_scores`)."""
+    return packed_target_scores(model, batch)[0]
 
 
 def last_positions(batch: PackedBatch) -> torch.Tensor:
