@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 import random
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -204,6 +206,197 @@ def means_by_group(values, groups: list[str], *, seed: int = 0, num_resamples: i
         mean, low, high = mean_ci(array[labels == group], seed=seed, num_resamples=num_resamples, level=level)
         summary[group] = {"mean": mean, "ci": [low, high], "n": int((labels == group).sum())}
     return summary
+
+
+PRIMARY_ALPHA = 0.01
+"""The level at which every notebook's primary endpoint is tested (two-sided)."""
+
+PRIMARY_ENDPOINT = (
+    "Primary endpoint: for each test prompt, the mean gold reward on the common scale (each family mapped to [0, 1] "
+    "by its range) over k replies sampled at temperature 1 (the same replies the KL to the reference is measured "
+    "on). Two models are compared on the same prompts by the paired mean difference (treatment − baseline); its "
+    "95% interval comes from a bootstrap that resamples items (all prompts of an item move together) within family "
+    "strata, and its two-sided p-value from a sign-flip permutation test on the items' summed differences, at "
+    "α = {alpha:g}. Per-family p-values are Holm-corrected over the families. Greedy-reply wins / ties / losses with "
+    "the sign test are a secondary readout."
+)
+"""How the primary endpoint is stated before a notebook's results (``PRIMARY_ENDPOINT.format(alpha=...)``).
+
+Why a sign-flip permutation test (Fisher 1935; Good 2005, ch. 3): per-prompt means of bounded gold scores are
+bounded, discrete and often tied, so a t-test's normal approximation and the Wilcoxon test's handling of zero and
+tied differences (which moves its null away from "no mean difference") are both doubtful, and the sign test throws
+every tie away. Under the null that the two models are exchangeable on each item, each item's summed difference is
+as likely to have either sign; flipping the signs gives the exact null distribution of the very statistic the
+interval estimates (the mean difference), ties included (a zero stays zero and still counts in the mean), with no
+assumption about the scores' distribution."""
+
+EXACT_FLIPS = 16
+"""Up to this many items the permutation test enumerates all 2ⁿ sign patterns; above it, it draws them."""
+NUM_FLIPS = 20000
+"""Random sign patterns of the permutation test above :data:`EXACT_FLIPS` items."""
+
+
+def holm(p_values) -> list[float]:
+    """Holm's (1979) step-down adjusted p-values, in the input order: sorted ascending, the i-th (from 0) of m is
+    multiplied by m − i, each kept at least as large as the one before it, and capped at 1. Rejecting every
+    hypothesis whose adjusted p < α controls the family-wise error rate at α. [0.01, 0.04, 0.03, 0.005] →
+    [0.03, 0.06, 0.06, 0.02]."""
+    array = np.asarray(list(p_values), dtype=np.float64)
+    if array.ndim != 1 or ((array < 0) | (array > 1) | ~np.isfinite(array)).any():
+        raise ValueError(f"p_values must be a list of numbers in [0, 1], got {list(p_values)!r}")
+    m = array.size
+    adjusted = np.empty(m)
+    running = 0.0
+    for rank, index in enumerate(np.argsort(array, kind="stable")):
+        running = max(running, min(1.0, (m - rank) * array[index]))
+        adjusted[index] = running
+    return adjusted.tolist()
+
+
+def _clusters(values: np.ndarray, items: Sequence, strata: Sequence | None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per stratum (first-seen order): (each item's sum of values, each item's number of prompts)."""
+    if len(items) != values.size:
+        raise ValueError(f"items must name one item per prompt, got {len(items)} for {values.size} prompts")
+    strata = ["all"] * values.size if strata is None else list(strata)
+    if len(strata) != values.size:
+        raise ValueError(f"strata must name one stratum (family) per prompt, got {len(strata)} for {values.size}")
+    stratum_of: dict = {}
+    for item, stratum in zip(items, strata):
+        if stratum_of.setdefault(item, stratum) != stratum:
+            raise ValueError(f"item {item!r} is in two strata ({stratum_of[item]!r} and {stratum!r}); "
+                             "an item belongs to one family")
+    sums: dict = {}
+    counts: dict = {}
+    for value, item in zip(values, items):
+        sums[item] = sums.get(item, 0.0) + value
+        counts[item] = counts.get(item, 0) + 1
+    groups = []
+    for stratum in dict.fromkeys(strata):
+        keys = [item for item in sums if stratum_of[item] == stratum]
+        groups.append((np.array([sums[k] for k in keys]), np.array([counts[k] for k in keys], dtype=np.float64)))
+    return groups
+
+
+def clustered_bootstrap_means(values, items: Sequence, strata: Sequence | None = None, *, seed: int = 0,
+                              num_resamples: int = NUM_RESAMPLES) -> np.ndarray:
+    """Bootstrap replicates of the mean of ``values`` (one per prompt) that resample *items*, not prompts.
+
+    Within each stratum (``strata[i]``, e.g. the prompt's family; one stratum if None) its m items are drawn m
+    times with replacement (``numpy.random.default_rng(seed)``), each drawn item bringing all of its prompts (a
+    cluster; ``items[i]`` names prompt i's item), and the replicate is the mean over every prompt drawn. A repeated
+    item thus moves as one, and each family keeps its number of items. Returns ``num_resamples`` means."""
+    array = _as_array(values, "values")
+    rng = np.random.default_rng(seed)
+    total = np.zeros(num_resamples)
+    size = np.zeros(num_resamples)
+    for sums, counts in _clusters(array, items, strata):
+        drawn = rng.integers(0, sums.size, size=(num_resamples, sums.size))
+        total += sums[drawn].sum(axis=1)
+        size += counts[drawn].sum(axis=1)
+    return total / size
+
+
+def sign_flip_test(differences, items: Sequence | None = None, *, seed: int = 0,
+                   num_flips: int = NUM_FLIPS) -> float:
+    """Two-sided p-value of a paired sign-flip permutation test of mean(``differences``) = 0, items as clusters.
+
+    Each item's summed difference D_j gets a random sign; the statistic is T = Σ_j D_j (the mean difference times
+    the number of prompts, which no flip changes), and p = P(|T*| ≥ |T|) under the flips. Up to
+    :data:`EXACT_FLIPS` items all 2ⁿ patterns are enumerated (exact p); above, ``num_flips`` patterns are drawn
+    (``numpy.random.default_rng(seed)``) and p = (1 + #{|T*| ≥ |T|}) / (1 + num_flips), which never gives 0 and
+    keeps the test's level (Phipson & Smyth 2010). ``items`` None: every prompt is its own item. All differences 0
+    give p = 1. See :data:`PRIMARY_ENDPOINT` for why this test."""
+    array = _as_array(differences, "differences")
+    items = list(range(array.size)) if items is None else list(items)
+    sums = np.concatenate([s for s, _ in _clusters(array, items, None)])
+    observed = abs(sums.sum())
+    tolerance = 1e-9 * max(1.0, float(np.abs(sums).sum()))  # float noise of reordered sums is not a difference
+    if observed <= tolerance:
+        return 1.0
+    if sums.size <= EXACT_FLIPS:
+        signs = np.array(list(itertools.product((1.0, -1.0), repeat=sums.size)))  # (2ⁿ, n)
+        return float((np.abs(signs @ sums) >= observed - tolerance).mean())
+    rng = np.random.default_rng(seed)
+    extreme = 0
+    for start in range(0, num_flips, 2000):
+        signs = rng.choice((-1.0, 1.0), size=(min(2000, num_flips - start), sums.size))
+        extreme += int((np.abs(signs @ sums) >= observed - tolerance).sum())
+    return (1 + extreme) / (1 + num_flips)
+
+
+def _endpoint(scores: np.ndarray, baseline: np.ndarray, items: list, strata: list | None, *, seed: int,
+              num_resamples: int, level: float) -> dict:
+    differences = scores - baseline
+    replicates = {name: clustered_bootstrap_means(v, items, strata, seed=seed, num_resamples=num_resamples)
+                  for name, v in (("treatment", scores), ("baseline", baseline), ("difference", differences))}
+    return {"n": int(scores.size), "items": len(set(items)),
+            "treatment": float(scores.mean()), "treatment_ci": _percentile_interval(replicates["treatment"], level),
+            "baseline": float(baseline.mean()), "baseline_ci": _percentile_interval(replicates["baseline"], level),
+            "mean_difference": float(differences.mean()),
+            "mean_difference_ci": _percentile_interval(replicates["difference"], level),
+            "p": sign_flip_test(differences, items, seed=seed)}
+
+
+def endpoint_comparison(scores, baseline_scores, *, items: Sequence, strata: Sequence, seed: int = 0,
+                        num_resamples: int = NUM_RESAMPLES, level: float = LEVEL) -> dict:
+    """The primary endpoint (:data:`PRIMARY_ENDPOINT`): two models' per-prompt scores on the same test prompts
+    (each the mean common-scale gold of a prompt's sampled replies, :func:`alignkit.tasks.sampled_gold`).
+
+    Returns ``n`` (prompts), ``items``, ``treatment`` / ``baseline`` means and ``mean_difference`` (treatment −
+    baseline), each with its ``_ci`` from :func:`clustered_bootstrap_means` (items resampled within the ``strata``,
+    the same draws for all three), and ``p`` from :func:`sign_flip_test`. ``by_stratum`` holds the same within
+    each stratum, plus ``p_holm``: the stratum p-values Holm-corrected (:func:`holm`) across the strata."""
+    scores_array, baseline_array = _as_array(scores, "scores"), _as_array(baseline_scores, "baseline_scores")
+    if scores_array.size != baseline_array.size:
+        raise ValueError(f"scores and baseline_scores must score the same prompts, got {scores_array.size} and "
+                         f"{baseline_array.size} values")
+    items, strata = list(items), list(strata)
+    result = _endpoint(scores_array, baseline_array, items, strata, seed=seed, num_resamples=num_resamples,
+                       level=level)
+    if len(strata) != scores_array.size:
+        raise ValueError(f"strata must name one stratum per prompt, got {len(strata)} for {scores_array.size}")
+    labels = np.asarray(strata, dtype=object)
+    by_stratum = {}
+    for stratum in dict.fromkeys(strata):
+        keep = labels == stratum
+        by_stratum[stratum] = _endpoint(scores_array[keep], baseline_array[keep],
+                                        [i for i, k in zip(items, keep) if k], None, seed=seed,
+                                        num_resamples=num_resamples, level=level)
+    for stratum, adjusted in zip(by_stratum, holm([r["p"] for r in by_stratum.values()])):
+        by_stratum[stratum]["p_holm"] = adjusted
+    result["by_stratum"] = by_stratum
+    return result
+
+
+def endpoint_verdict(comparison: dict, *, treatment: str, baseline: str, alpha: float = PRIMARY_ALPHA) -> str:
+    """One sentence on an :func:`endpoint_comparison`: a gain or a loss is stated only when its permutation-test
+    p < ``alpha``; the difference, its interval, p and the sample size are always given."""
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must be in (0, 1), got {alpha}")
+    low, high = comparison["mean_difference_ci"]
+    text = (f"mean gold {comparison['treatment']:.3f} vs {comparison['baseline']:.3f}, difference "
+            f"{comparison['mean_difference']:+.3f} [{low:+.3f}, {high:+.3f}] on {comparison['n']} test prompts "
+            f"({comparison['items']} items), permutation test {_format_p(comparison['p'])}")
+    if comparison["p"] < alpha and comparison["mean_difference"] > 0:
+        return f"{treatment} beats {baseline} on the primary endpoint at α = {alpha:g}: {text}."
+    if comparison["p"] < alpha:
+        return f"{treatment} is worse than {baseline} on the primary endpoint at α = {alpha:g}: {text}."
+    return f"No significant difference between {treatment} and {baseline} on the primary endpoint at α = {alpha:g}: {text}."
+
+
+def across_seeds(differences, *, level: float = LEVEL) -> dict:
+    """The spread over training seeds of one quantity (e.g. each seed's mean difference against a baseline):
+    ``mean``, ``sd`` (n − 1), ``ci`` (Student's t interval over the seeds, as wide as few seeds make it; None with
+    one seed), ``seeds`` and ``values``. A claim that ranks methods needs at least 3 seeds."""
+    array = _as_array(differences, "differences")
+    from scipy import stats
+
+    result = {"mean": float(array.mean()), "seeds": int(array.size), "values": array.tolist(), "sd": None, "ci": None}
+    if array.size > 1:
+        sd = float(array.std(ddof=1))
+        half = float(stats.t.ppf(0.5 + level / 2.0, array.size - 1)) * sd / math.sqrt(array.size)
+        result.update(sd=sd, ci=[result["mean"] - half, result["mean"] + half])
+    return result
 
 
 def _format_p(p: float) -> str:

@@ -229,3 +229,17 @@ def common_scale(prompts: Sequence[dict], scores: Sequence[float]) -> list[float
     Averages over families are taken only on this scale."""
     return [(s - GOLD_RANGES[p["family"]][0]) / (GOLD_RANGES[p["family"]][1] - GOLD_RANGES[p["family"]][0])
             for p, s in zip(prompts, scores, strict=True)]
+
+
+def sampled_gold(prompts: Sequence[dict], samples: Sequence[Sequence[str]]) -> list[float]:
+    """The primary endpoint's per-prompt score (:data:`alignkit.evaluate.PRIMARY_ENDPOINT`): for each prompt the
+    mean over its sampled replies of the gold reward on the common scale (:func:`common_scale`)."""
+    if len(prompts) != len(samples):
+        raise ValueError(f"got {len(prompts)} prompts but {len(samples)} sample lists; pass one list per prompt")
+    means = []
+    for prompt, replies in zip(prompts, samples):
+        if not replies:
+            raise ValueError(f"prompt {prompt.get('id')!r} has no sampled replies; sample k >= 1 per prompt")
+        means.append(sum(common_scale([prompt] * len(replies), gold_scores([prompt] * len(replies), replies)))
+                     / len(replies))
+    return means

@@ -6,6 +6,7 @@ import itertools
 import math
 import random
 
+import numpy as np
 import pytest
 
 from alignkit import evaluate
@@ -151,3 +152,92 @@ def test_significance_gap_names_the_missing_wins():
     assert evaluate.significance_gap(14, 46, 5, alpha=0.01).endswith("p < 0.01 would need 16 of 19 (2 more).")  # 16 vs 3: p = 0.0044; 15 vs 4: 0.019
     assert "at least the" in evaluate.significance_gap(40, 200, 10, alpha=0.01)
     assert "no count of wins" in evaluate.significance_gap(3, 10, 1, alpha=0.01)
+
+
+# --- the primary endpoint: Holm, the item-clustered stratified bootstrap, the sign-flip permutation test ---
+
+def test_holm_against_a_hand_computed_list():
+    # sorted: 0.005 (×4 = 0.02), 0.01 (×3 = 0.03), 0.03 (×2 = 0.06), 0.04 (×1 = 0.04 → kept at 0.06, monotone)
+    assert evaluate.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02], abs=1e-15)
+    assert evaluate.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1
+    assert evaluate.holm([0.0034] + [0.5] * 4)[0] == pytest.approx(0.017)  # the harmful family, 5 families
+    assert evaluate.holm([]) == []
+    with pytest.raises(ValueError, match=r"in \[0, 1\]"):
+        evaluate.holm([0.1, 1.5])
+
+
+def test_clustered_bootstrap_moves_a_repeated_item_as_one_cluster():
+    # items a, a, b with values 1, 1, 0: resampling 2 of the 2 items gives {a,a} → 4/4 = 1, {a,b} → 2/3, {b,b} → 0,
+    # with probabilities 1/4, 1/2, 1/4. Resampling prompts instead would also give 1/3 (one a, two b's) and 2/3 w/o b.
+    means = evaluate.clustered_bootstrap_means([1.0, 1.0, 0.0], ["a", "a", "b"], seed=3, num_resamples=20000)
+    values, counts = np.unique(np.round(means, 12), return_counts=True)
+    assert values.tolist() == pytest.approx([0.0, 2 / 3, 1.0])
+    assert (counts / means.size).tolist() == pytest.approx([0.25, 0.5, 0.25], abs=0.015)
+
+
+def test_clustered_bootstrap_keeps_each_stratum_its_items():
+    # stratum x holds one item (value 0), y one item (value 1, two prompts): every replicate draws each once → 2/3
+    means = evaluate.clustered_bootstrap_means([0.0, 1.0, 1.0], ["x1", "y1", "y1"], ["x", "y", "y"], seed=0,
+                                               num_resamples=50)
+    assert means == pytest.approx([2 / 3] * 50)
+    with pytest.raises(ValueError, match="two strata"):
+        evaluate.clustered_bootstrap_means([0.0, 1.0], ["i", "i"], ["x", "y"])
+
+
+@pytest.mark.parametrize("case", [
+    [0.3, -0.1, 0.25, 0.0, 0.5, 0.125, -0.2, 0.4],
+    [0.0, 0.0, 0.125, 0.0, 0.0, 0.25, 0.0, -0.125, 0.0, 0.5],   # ties at zero, as bounded gold gives
+    [1.0, 1.0, 1.0, 1.0, 1.0, 1.0],
+    [-0.5, 0.25, -0.75, 0.1, -0.3, 0.0, -0.2],
+])
+def test_sign_flip_test_equals_scipys_exact_paired_permutation_test(case):
+    from scipy import stats
+
+    x = np.array(case)
+    reference = stats.permutation_test((x, np.zeros_like(x)), lambda a, b, axis: np.mean(a - b, axis=axis),
+                                       permutation_type="samples", n_resamples=np.inf, vectorized=True,
+                                       alternative="two-sided").pvalue
+    assert evaluate.sign_flip_test(case) == pytest.approx(reference, rel=1e-12)
+
+
+def test_sign_flip_test_clusters_items_and_draws_above_the_exact_size():
+    # two prompts of one item are one sign: items [a, a, b] with differences [0.5, 0.5, 1] → sums [1, 1]: p = 1 / 2
+    # (|T*| = 2 for ++ and −−), not the 1/4 three independent prompts would give.
+    assert evaluate.sign_flip_test([0.5, 0.5, 1.0], ["a", "a", "b"]) == pytest.approx(0.5)
+    assert evaluate.sign_flip_test([0.5, 0.5, 1.0]) == pytest.approx(0.25)
+    assert evaluate.sign_flip_test([0.0, 0.0]) == 1.0
+    # 40 items: drawn flips; a large shift gives the smallest possible p, 1 / (1 + num_flips); no shift a large p
+    assert evaluate.sign_flip_test([1.0] * 40, num_flips=999) == pytest.approx(1 / 1000)
+    balanced = evaluate.sign_flip_test([0.1, -0.1] * 20, seed=1)
+    assert balanced == 1.0
+    rng = np.random.default_rng(5)
+    noisy = rng.normal(0.0, 1.0, 60)
+    from scipy import stats
+    t_p = stats.ttest_1samp(noisy, 0.0).pvalue  # a large-sample reference: the two agree to Monte Carlo error
+    assert evaluate.sign_flip_test(noisy, seed=2) == pytest.approx(t_p, abs=0.03)
+
+
+def test_endpoint_comparison_strata_holm_and_verdict():
+    scores = [0.9, 0.8, 0.7, 0.9, 0.5, 0.5, 0.6, 0.4]
+    baseline = [0.4, 0.3, 0.2, 0.5, 0.5, 0.5, 0.5, 0.5]
+    items = ["q1", "q2", "q3", "q4", "h1", "h2", "h3", "h4"]
+    strata = ["question"] * 4 + ["harmful"] * 4
+    result = evaluate.endpoint_comparison(scores, baseline, items=items, strata=strata, seed=0)
+    assert result["mean_difference"] == pytest.approx(np.mean(np.subtract(scores, baseline)))
+    assert result["items"] == 8 and result["n"] == 8
+    question, harmful = result["by_stratum"]["question"], result["by_stratum"]["harmful"]
+    assert question["p"] == pytest.approx(2 / 16)  # 4 positive items, exact: ++++ and −−−−
+    assert harmful["p"] == pytest.approx(1.0)
+    assert [question["p_holm"], harmful["p_holm"]] == pytest.approx(evaluate.holm([question["p"], harmful["p"]]))
+    low, high = result["mean_difference_ci"]
+    assert low <= result["mean_difference"] <= high
+    assert "No significant difference" in evaluate.endpoint_verdict(result, treatment="A", baseline="B")
+    assert "beats" in evaluate.endpoint_verdict({**result, "p": 0.001}, treatment="A", baseline="B")
+
+
+def test_across_seeds_t_interval():
+    result = evaluate.across_seeds([0.02, 0.04, 0.06])
+    # mean 0.04, sd 0.02, t(0.975, 2) = 4.302653 → half-width 4.302653 · 0.02 / √3 = 0.049683
+    assert result["mean"] == pytest.approx(0.04) and result["sd"] == pytest.approx(0.02)
+    assert result["ci"] == pytest.approx([0.04 - 0.0496828, 0.04 + 0.0496828], abs=1e-6)
+    assert evaluate.across_seeds([0.1])["ci"] is None

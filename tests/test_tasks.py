@@ -104,3 +104,15 @@ def test_ranked_groups_keep_prompts_whose_samples_differ():
     kept = tasks.ranked_groups(prompts, samples, keep_ties=True)  # smoke: an all-tied prompt, first over last
     assert len(kept) == 2 and kept[1]["tied"] and kept[1]["replies"] == ["Sure.", "Okay, here."]
     assert kept[1]["scores"][0] > kept[1]["scores"][1] and not kept[0]["tied"]
+
+
+def test_sampled_gold_is_the_mean_common_scale_gold_of_a_prompts_replies():
+    from alignkit.data import make_prompts
+
+    prompt = make_prompts(1, seed=0, split="test", families="arithmetic")[0]
+    answer = prompt["meta"]["answer"]
+    # arithmetic gold: the bare equation 1.5, the right number in words 1.0, no number 0 → common scale /1.5
+    replies = [tasks.arithmetic_target(prompt), f"The answer is {answer}.", "I do not know."]
+    assert tasks.sampled_gold([prompt], [replies]) == pytest.approx([(1.0 + 1.0 / 1.5 + 0.0) / 3])
+    with pytest.raises(ValueError, match="no sampled replies"):
+        tasks.sampled_gold([prompt], [[]])
