@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip setuptools wheel
 	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
-		echo "[setup] CUDA GPU found: installing torch with CUDA"; $(PIP) install "torch>=2.4"; \
+		echo "[setup] CUDA GPU found: installing torch with CUDA"; $(PIP) install "$(TORCH_SPEC)"; \
 	else \
 		echo "[setup] no CUDA GPU: installing the CPU build ($(TORCH_SPEC))"; $(PIP) install $(TORCH_SPEC) $(TORCH_PIP_ARGS); \
 	fi
