@@ -14,6 +14,7 @@ from alignkit.data import (
     make_prompts,
     make_sft_records,
     item_key,
+    split_items,
     split_of,
     world_table,
     validate_records,
@@ -164,9 +165,9 @@ def test_item_keys_name_the_task_not_its_wording():
     for prompt in prompts:
         by_item.setdefault(prompt["item"], set()).add(prompt["prompt"])
     assert any(len(texts) > 1 for texts in by_item.values())  # the same item in several wordings
-    arithmetic = next(p for p in prompts if p["family"] == "arithmetic")
+    arithmetic = next(p for p in prompts if p["family"] == "arithmetic" and p["meta"]["op"] == "-")
     meta = arithmetic["meta"]
-    assert arithmetic["item"] == f"arithmetic:{meta['a']}{meta['op']}{meta['b']}"
+    assert arithmetic["item"] == f"arithmetic:{meta['a']}-{meta['b']}"
     harmful = next(p for p in prompts if p["family"] == "harmful")
     assert harmful["item"] == "harmful:" + harmful["meta"]["request"] and harmful["meta"]["request"] in harmful["prompt"]
     with pytest.raises(ValueError, match="needs meta a, op, b"):
@@ -205,3 +206,32 @@ def test_make_preference_records_orders_by_judge_and_drops_ties():
     assert [(r["chosen_score"], r["rejected_score"]) for r in records] == [(1.5, 0.0), (1.5, 1.0)]
     assert records[0]["family"] == "arithmetic" and records[0]["prompt"] == "What is 2 + 3?"
     assert len(make_preference_records([prompt] * 3, pairs, gold_reward, min_margin=0.5)) == 1
+
+
+def test_commuted_arithmetic_twins_are_one_item_and_subtraction_is_not():
+    def key(a, op, b):
+        return item_key({"family": "arithmetic", "meta": {"a": a, "op": op, "b": b}})
+
+    assert key(11, "×", 5) == key(5, "×", 11) == "arithmetic:5×11"
+    assert key(17, "+", 3) == key(3, "+", 17) == "arithmetic:3+17"
+    assert key(17, "-", 3) != key(3, "-", 17)
+    twins = {(a, b): split_of({"family": "arithmetic", "meta": {"a": a, "op": "+", "b": b}})
+             for a in range(2, 21) for b in range(2, 21)}
+    assert all(twins[a, b] == twins[b, a] for a, b in twins)  # a twin never sits on the other side
+    assert len(split_items("train", "arithmetic")) + len(split_items("test", "arithmetic")) == 2 * 190 + 361
+
+
+def test_a_review_asking_for_no_sentiment_is_its_positive_twin():
+    def key(sentiment):
+        return item_key({"family": "review", "meta": {"subject": "a local bakery", "sentiment": sentiment}})
+
+    assert key(None) == key("positive") == "review:a local bakery|positive" != key("negative")
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_no_test_item_repeats_in_a_300_prompt_test_set(seed):
+    """The study's test set: 300 prompts, 60 per family, 60 distinct items in every family."""
+    prompts = make_prompts(300, seed=seed, split="test")
+    for family in FAMILIES:
+        items = [p["item"] for p in prompts if p["family"] == family]
+        assert len(items) == 60 and len(set(items)) == 60, family

@@ -1,7 +1,9 @@
 """No notebook trains on a test item: every prompt plan of alignkit.tasks, every profile, several seeds.
 
 Items are compared by ``item_key`` and, for arithmetic, also by ``(a, op, b)`` read two ways: from the meta and
-from the prompt text itself (a regular expression), so a wrong meta could not hide a leak.
+from the prompt text itself (a regular expression), so a wrong meta could not hide a leak; the text's problem is
+put in a normal form here (operands sorted for + and ×), independently of ``item_key``, so a training prompt whose
+commuted twin is a test item counts as a leak.
 """
 
 from __future__ import annotations
@@ -21,14 +23,19 @@ def _problem_from_text(prompt: dict) -> tuple[int, str, int]:
     return int(a), op, int(b)
 
 
+def _commuted(problems: set) -> set:
+    """The problems with their commuted twins for the operators that commute."""
+    return problems | {(b, op, a) for a, op, b in problems if op in "+×"}
+
+
 @pytest.fixture(scope="module")
 def test_side():
     """Every test item, and every arithmetic test problem as (a, op, b), from the whole test split."""
     items = {key for family in FAMILIES for key in split_items("test", family)}
     every_test_prompt = make_prompts(10_000, seed=0, split="test", families="arithmetic")
     problems = {(p["meta"]["a"], p["meta"]["op"], p["meta"]["b"]) for p in every_test_prompt}
-    assert len(problems) == len(split_items("test", "arithmetic"))
-    return items, problems
+    assert len({item_key(p) for p in every_test_prompt}) == len(split_items("test", "arithmetic"))
+    return items, _commuted(problems)
 
 
 def _settings(notebook: str, profile: str) -> dict:
@@ -49,7 +56,7 @@ def _leaks(notebook: str, settings: dict, seed: int, items: set, problems: set) 
         from_text = {_problem_from_text(p) for p in arithmetic}
         if from_meta != from_text or any(p["item"] != item_key(p) for p in prompts):
             found.append(f"{notebook}/{purpose}: meta and text disagree")
-        if split == "train" and (keys & items or from_text & problems):
+        if split == "train" and (keys & items or _commuted(from_text) & problems):
             found.append(f"{notebook}/{purpose}: test items in training data: {sorted(keys & items)[:3]}")
         if split == "test" and not (keys <= items and from_text <= problems):
             found.append(f"{notebook}/{purpose}: train items in evaluation data")
@@ -84,3 +91,13 @@ def test_a_leaking_plan_is_caught(test_side, monkeypatch):
     monkeypatch.setitem(tasks.PROMPT_PLANS, "05_dpo", {**leaky, "train": ("train", None, "num_prompts")})
     monkeypatch.setattr(tasks, "notebook_prompts", lambda *args: drawn)
     assert any("test items in training data" in leak for leak in _leaks("05_dpo", settings, 0, *test_side))
+
+
+def test_a_commuted_twin_of_a_test_problem_is_caught(test_side):
+    """Negative control: a training prompt "b + a" whose twin "a + b" is a test item is a leak, even when the
+    item key is computed the old way (order kept), which would not see it."""
+    items, problems = test_side
+    a, op, b = next((a, op, b) for a, op, b in sorted(problems) if op == "+" and a < b)
+    twin = {"family": "arithmetic", "prompt": f"What is {b} + {a}?", "meta": {"a": b, "op": "+", "b": a}}
+    assert _commuted({_problem_from_text(twin)}) & problems
+    assert f"arithmetic:{b}+{a}" not in items  # the test side keys the item as a + b
